@@ -1,0 +1,153 @@
+"""Base module (paper Section 2.1): ATLOP encoder, mention/entity pooling, localized context, Eq. (1)-(4).
+
+Tensors are batched over documents with different numbers of entities:
+  B documents, L tokens, N entities (padded), M mentions per entity (padded), d encoder width,
+  H attention heads, e pair-feature width, C classes.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel
+
+
+def load_encoder(name_or_path, dtype=None):
+    """Any HF checkpoint or local folder; eager attention so that attention maps are returned."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    return AutoModel.from_pretrained(name_or_path, config=config, attn_implementation="eager", dtype=dtype)
+
+
+def encoder_from_config(config):
+    """Randomly initialised encoder from a config (tests and benchmarks; no weights needed)."""
+    config._attn_implementation = "eager"
+    return AutoModel.from_config(config, attn_implementation="eager")
+
+
+class LongEncoder(nn.Module):
+    """Runs the encoder on documents longer than its position limit, as ATLOP does.
+
+    A document of length <= W (the encoder window) is encoded once. A longer one (up to 2W - 2) is cut
+    into two overlapping windows, [0, W) and [T - W, T), each re-wrapped with the start/end special
+    tokens; token states are averaged where the windows overlap and last-layer attention rows are
+    summed and renormalised. Returns states [B, L, d] and last-layer attention [B, H, L, L].
+    """
+
+    def __init__(self, encoder, start_ids, end_ids, window):
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("start_ids", torch.tensor(start_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("end_ids", torch.tensor(end_ids, dtype=torch.long), persistent=False)
+        self.window = window
+
+    def _run(self, input_ids, attention_mask):
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+        return out.last_hidden_state, out.attentions[-1]
+
+    def forward(self, input_ids, attention_mask):
+        B, L = input_ids.shape
+        W = self.window
+        if L <= W:
+            return self._run(input_ids, attention_mask)
+        ns, ne = len(self.start_ids), len(self.end_ids)
+        lengths = attention_mask.sum(1).tolist()
+        pieces_ids, pieces_mask, plan = [], [], []
+        for b, T in enumerate(lengths):
+            ids, m = input_ids[b], attention_mask[b]
+            if T <= W:
+                plan.append((len(pieces_ids), None, T))
+                pieces_ids.append(ids[:W])
+                pieces_mask.append(m[:W])
+                continue
+            first = torch.cat([ids[:W - ne], self.end_ids])
+            second = torch.cat([self.start_ids, ids[T - W + ns:T]])
+            plan.append((len(pieces_ids), len(pieces_ids) + 1, T))
+            pieces_ids += [first, second]
+            pieces_mask += [torch.ones(W, dtype=m.dtype, device=m.device)] * 2
+        seq_w, att_w = self._run(torch.stack(pieces_ids), torch.stack(pieces_mask))  # [P, W, d], [P, H, W, W]
+        seqs, atts = [], []
+        for first, second, T in plan:
+            if second is None:
+                seqs.append(F.pad(seq_w[first], (0, 0, 0, L - W)))
+                atts.append(F.pad(att_w[first], (0, L - W, 0, L - W)))
+                continue
+            # Drop the appended end token of window 1 and the prepended start token of window 2.
+            s1 = F.pad(seq_w[first, :W - ne], (0, 0, 0, L - W + ne))
+            a1 = F.pad(att_w[first, :, :W - ne, :W - ne], (0, L - W + ne, 0, L - W + ne))
+            m1 = F.pad(torch.ones(W - ne, device=s1.device, dtype=s1.dtype), (0, L - W + ne))
+            off = T - W + ns
+            s2 = F.pad(seq_w[second, ns:], (0, 0, off, L - T))
+            a2 = F.pad(att_w[second, :, ns:, ns:], (off, L - T, off, L - T))
+            m2 = F.pad(torch.ones(W - ns, device=s1.device, dtype=s1.dtype), (off, L - T))
+            seqs.append((s1 + s2) / (m1 + m2).clamp(min=1).unsqueeze(-1))
+            att = a1 + a2
+            atts.append(att / (att.sum(-1, keepdim=True) + 1e-10))
+        return torch.stack(seqs), torch.stack(atts)
+
+
+class BaseModule(nn.Module):
+    """ATLOP-style base module. Returns features F and logits of the valid pairs, packed: [P, e], [P, C]."""
+
+    def __init__(self, encoder, start_ids, end_ids, num_class, emb_size=None, window=None):
+        super().__init__()
+        cfg = encoder.config
+        d = cfg.hidden_size
+        e = emb_size or d
+        if window is None:
+            # RoBERTa reserves two positions for its padding offset.
+            window = min(512, cfg.max_position_embeddings - (2 if cfg.model_type in ("roberta", "xlm-roberta") else 0))
+        self.encoder = LongEncoder(encoder, start_ids, end_ids, window)
+        self.hidden_size, self.emb_size, self.num_class = d, e, num_class
+        self.head_extractor = nn.Linear(2 * d, e)  # W_s of Eq. (2), acting on [h(e_s), c_so]
+        self.tail_extractor = nn.Linear(2 * d, e)  # W_o of Eq. (3), acting on [h(e_o), c_so]
+        self.pair_fnn = nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, e))  # FNN of Eq. (2)-(3)
+        self.classifier = nn.Linear(e, num_class)  # W_r, b_r of Eq. (4)
+
+    def pool_entities(self, seq, att, mention_pos, mention_mask):
+        """Mention = state of its start '*'; entity = logsumexp over mentions; entity attention = mean.
+
+        seq [B, L, d], att [B, H, L, L], mention_pos/mention_mask [B, N, M] -> h [B, N, d], A [B, N, H, L].
+        Entities with no mention left after truncation get zero embedding and zero attention (as ATLOP).
+        """
+        B = seq.size(0)
+        bidx = torch.arange(B, device=seq.device)[:, None, None]
+        ment = seq[bidx, mention_pos].float()  # [B, N, M, d]; pooled in float32 under autocast
+        mask = mention_mask.unsqueeze(-1)
+        # A finite fill (not -inf) keeps the backward pass NaN-free for entities with no mention left.
+        h = torch.logsumexp(ment.masked_fill(~mask, torch.finfo(ment.dtype).min), dim=2)
+        h = torch.where(mention_mask.any(-1, keepdim=True), h, torch.zeros_like(h))
+        ment_att = att.transpose(1, 2)[bidx, mention_pos]  # [B, N, M, H, L]
+        w = mention_mask.to(ment_att.dtype)
+        A = (ment_att * w[..., None, None]).sum(2) / w.sum(2).clamp(min=1)[..., None, None]
+        return h.to(seq.dtype), A
+
+    @staticmethod
+    def localized_context(seq, A, pair_mask):
+        """Localized context pooling, Eq. (1): c_so = H^T (A_s o A_o) / 1^T (A_s o A_o).
+
+        A [B, N, H, L] holds per-head attention; as in ATLOP the product is averaged over heads.
+        Returns c [P, d] for the valid pairs (packed in pair_mask.nonzero() order).
+        """
+        H = A.size(2)
+        q = torch.einsum("bshl,bohl->bsol", A, A) / H  # [B, N, N, L]
+        q = q / (q.sum(-1, keepdim=True) + 1e-5)
+        return torch.einsum("bsol,bld->bsod", q, seq)[pair_mask]
+
+    def pair_features(self, h, c, pair_mask):
+        """Eq. (2)-(3): F_so = FNN([tanh(W_s[h_s, c_so]), tanh(W_o[h_o, c_so])]) for the P valid pairs.
+
+        W[h, c] is split as W_h h + W_c c so the entity halves are computed once per entity, not per pair.
+        h [B, N, d], c [P, d] -> [P, e].
+        """
+        d = self.hidden_size
+        b, s, o = pair_mask.nonzero(as_tuple=True)
+        ws, wo = self.head_extractor, self.tail_extractor
+        zs = torch.tanh(F.linear(h, ws.weight[:, :d])[b, s] + F.linear(c, ws.weight[:, d:], ws.bias))
+        zo = torch.tanh(F.linear(h, wo.weight[:, :d])[b, o] + F.linear(c, wo.weight[:, d:], wo.bias))
+        return self.pair_fnn(torch.cat([zs, zo], dim=-1))
+
+    def forward(self, input_ids, attention_mask, mention_pos, mention_mask, pair_mask):
+        """-> pair features F [P, e] and logits [P, C] (Eq. (4) before the sigmoid) of the valid pairs."""
+        seq, att = self.encoder(input_ids, attention_mask)
+        h, A = self.pool_entities(seq, att, mention_pos, mention_mask)
+        c = self.localized_context(seq, A, pair_mask)
+        feats = self.pair_features(h, c, pair_mask)
+        return feats, self.classifier(feats)

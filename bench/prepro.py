@@ -1,0 +1,112 @@
+"""Time preprocessing of one file with the bundled tokenizer, cold (empty cache) and warm (from cache).
+
+Usage: python bench/prepro.py [--file PATH] [--dataset docred|cdr|gda] [--repeat 3] [--max_seq_length 1024]
+
+Default file: ../shared/data/redocred/train_mini.json next to the checkout, or,
+where that is missing, 400 synthetic DocRED-format documents written to a
+temporary folder. Prints a table and writes bench/results/prepro.json.
+"""
+import argparse
+import gc
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script from anywhere: the modules live in the repository root
+
+import prepro  # noqa: E402
+import utils  # noqa: E402
+
+DEFAULT_FILE = os.path.join(ROOT, "..", "shared", "data", "redocred", "train_mini.json")
+
+
+def synthetic_docs(n_docs=400, seed=0):
+    """DocRED-format documents of roughly real size: ~8 sentences of ~24 words, ~20 entities, ~35 facts."""
+    rng = random.Random(seed)
+    vocab = ["the", "city", "river", "was", "founded", "in", "by", "and", "of", "north", "album", "released",
+             "team", "played", "for", "born", "university", "government", "party", "elected", "war", "film"]
+    relations = [k for k in prepro.load_rel2id() if k != "Na"]
+    docs = []
+    for d in range(n_docs):
+        sents = [[rng.choice(vocab).capitalize() if i == 0 else rng.choice(vocab)
+                  for i in range(rng.randint(15, 35))] + ["."] for _ in range(rng.randint(5, 11))]
+        entities = []
+        for _ in range(rng.randint(10, 30)):
+            mentions = []
+            for _ in range(rng.choice([1, 1, 1, 2, 3])):
+                sid = rng.randrange(len(sents))
+                start = rng.randrange(len(sents[sid]) - 1)
+                end = min(start + rng.randint(1, 3), len(sents[sid]))
+                mentions.append({"name": " ".join(sents[sid][start:end]), "pos": [start, end],
+                                 "sent_id": sid, "type": "MISC"})
+            entities.append(mentions)
+        labels = []
+        for _ in range(rng.randint(10, 60)):
+            h, t = rng.sample(range(len(entities)), 2)
+            labels.append({"h": h, "t": t, "r": rng.choice(relations), "evidence": []})
+        docs.append({"title": f"Synthetic {d}", "sents": sents, "vertexSet": entities, "labels": labels})
+    return docs
+
+
+def timed(fn):
+    # Collect first so that a full collection owed to the previous run's
+    # objects is not billed to this one.
+    gc.collect()
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", help="data file (default: Re-DocRED train_mini, else synthetic docs)")
+    parser.add_argument("--dataset", default="docred", choices=["docred", "cdr", "gda"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--max_seq_length", type=int, default=1024)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path, source = args.file, args.file
+        if path is None and os.path.exists(DEFAULT_FILE):
+            path, source = DEFAULT_FILE, "redocred/train_mini.json"
+        elif path is None:
+            path, source = os.path.join(scratch, "synthetic.json"), "synthetic (400 docs)"
+            utils.atomic_write_json(path, synthetic_docs())
+        load_s, tokenizer = timed(lambda: prepro.load_tokenizer(utils.default_model_path(), "bert"))
+
+        def load(cache_dir):
+            return prepro.load_features(path, args.dataset, tokenizer, args.max_seq_length, cache_dir=cache_dir)
+
+        cold, warm = [], []
+        for r in range(args.repeat):
+            cache_dir = os.path.join(scratch, f"cache{r}")  # fresh and empty: a cold run
+            seconds, features = timed(lambda: load(cache_dir))
+            cold.append(seconds)
+            warm.append(timed(lambda: load(cache_dir))[0])
+
+    n_docs = len(features)
+    rows = [("cold (parse + tokenize + write cache)", cold), ("warm (read cache)", warm)]
+    print(f"file: {source}   docs: {n_docs}   pairs: {sum(len(f['hts']) for f in features)}   "
+          f"tokenizer load: {load_s:.2f} s")
+    print(f"{'run':<40}{'docs':>6}{'best s':>9}{'mean s':>9}{'docs/s':>9}")
+    for name, times in rows:
+        print(f"{name:<40}{n_docs:>6}{min(times):>9.3f}{sum(times) / len(times):>9.3f}{n_docs / min(times):>9.0f}")
+
+    result = {
+        "file": source, "dataset": args.dataset, "docs": n_docs, "max_seq_length": args.max_seq_length,
+        "repeat": args.repeat, "tokenizer_load_s": load_s,
+        "cold_s": cold, "warm_s": warm,
+        "cold_docs_per_s": n_docs / min(cold), "warm_docs_per_s": n_docs / min(warm),
+        "python": platform.python_version(), "cpu_count": os.cpu_count(), "prepro_version": prepro.PREPRO_VERSION,
+    }
+    out = os.path.join(ROOT, "bench", "results", "prepro.json")
+    utils.atomic_write_json(out, result, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,524 @@
+"""Turn DocRED-format JSON and CDR/GDA `.data` files into model features.
+
+One feature dict per document:
+  title         DocRED title, or the PMID for CDR/GDA
+  input_ids     [CLS] + subword ids + [SEP], at most max_seq_length long
+  entity_pos    per entity, (start, end) indices into input_ids of the `*` markers
+                before and after each mention; a mention whose start marker was
+                cut off by truncation is left out (an entity may keep none)
+  mention_sent  per entity, the sentence id of every mention in the source
+  hts           [h, t] entity pairs: all ordered pairs (h-major) for DocRED,
+                the annotated candidate pairs (file order) for CDR/GDA
+  labels        per pair, the sorted positive relation ids (>= 1); [] is Na
+  num_entities, num_class
+
+Entity markers follow ATLOP: a `*` word goes before the first and after the last
+word of every mention. Each distinct mention span gets its own pair of markers,
+so no mention ever overwrites another:
+  * nested spans nest their markers: "* * New York * City *" for
+    [New York City] and [New York] (at one word, longer spans open first and
+    spans that started later close first);
+  * at a word boundary closing markers come before opening ones, so adjacent
+    mentions never interleave: "* A * * B *";
+  * crossing spans (rare) keep their own markers, which then cross;
+  * identical spans (a mention listed twice, or two entities annotated on the
+    same words) share one pair of markers, since nothing in the text tells
+    them apart.
+When truncation cuts a mention's end marker but not its start, its end index is
+clipped to the last kept subword.
+
+Tokenization uses the fast tokenizer once per batch of documents
+(is_split_into_words=True) and maps marker words to subwords with
+word_to_tokens, instead of calling the tokenizer word by word.
+"""
+import contextlib
+import gc
+import hashlib
+import json
+import logging
+import os
+import stat
+
+import transformers
+
+import utils
+
+# Bump when the features for unchanged inputs change: it is part of the cache key.
+PREPRO_VERSION = 1
+MARKER = "*"
+# Documents per tokenizer call: large enough to be fast, small enough to bound
+# memory on big files such as DocRED's distant-supervision set.
+TOKENIZER_BATCH = 1024
+PAIR_FIELDS = 17
+# `.data` labels: positive class id, or None for the no-relation class.
+BIO_LABELS = {
+    "cdr": {"1:CID:2": 1, "1:NR:2": None},
+    "gda": {"1:GDA:2": 1, "1:NR:2": None},
+}
+# EoG marks filtered-out candidate pairs this way; ATLOP skips them.
+SKIPPED_PAIR = "not_include"
+DEFAULT_REL2ID = os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta", "rel2id.json")
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(name_or_path, transformer_type="bert"):
+    """Load a fast tokenizer set up for pre-split words.
+
+    Byte-level BPE tokenizers (RoBERTa) only put the word-initial space marker
+    on pre-split words with add_prefix_space=True; without it every word would
+    be glued to the previous one.
+    """
+    if transformer_type not in ("bert", "roberta"):
+        raise utils.UsageError(f"transformer_type must be 'bert' or 'roberta', got {transformer_type!r}")
+    kwargs = {"add_prefix_space": True} if transformer_type == "roberta" else {}
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except OSError as e:
+        raise utils.UsageError(f"cannot load tokenizer {name_or_path!r}: {e}") from e
+
+
+def load_rel2id(path=None):
+    """Read a relation map {"Na": 0, "P17": ..., ...}; default meta/rel2id.json next to this file."""
+    path = path or DEFAULT_REL2ID
+    try:
+        rel2id = json.loads(_read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise utils.DataError(f"{path}: invalid JSON: {e}") from e
+    if not isinstance(rel2id, dict) or not all(isinstance(v, int) for v in rel2id.values()):
+        raise utils.DataError(f"{path}: expected a JSON object mapping relation names to integer ids")
+    if rel2id.get("Na") != 0:
+        raise utils.DataError(f"{path}: \"Na\" must map to 0 (the no-relation class)")
+    if sorted(rel2id.values()) != list(range(len(rel2id))):
+        raise utils.DataError(f"{path}: relation ids must be 0..{len(rel2id) - 1}, each used once")
+    return rel2id
+
+
+def read_docred(path, tokenizer, rel2id, max_seq_length=1024):
+    """Features for a DocRED-format JSON file (DocRED, Re-DocRED); "labels" is optional."""
+    return _docred_features(_read_bytes(path), path, tokenizer, rel2id, max_seq_length)
+
+
+def read_cdr(path, tokenizer, max_seq_length=1024):
+    """Features for a CDR `.data` file (EoG format); class 1 is CID."""
+    return _bio_features(_read_bytes(path), path, tokenizer, max_seq_length, "cdr")
+
+
+def read_gda(path, tokenizer, max_seq_length=1024):
+    """Features for a GDA `.data` file (EoG format); class 1 is GDA."""
+    return _bio_features(_read_bytes(path), path, tokenizer, max_seq_length, "gda")
+
+
+def load_features(path, dataset, tokenizer, max_seq_length, rel2id=None, cache_dir=None):
+    """Features for `path`, read from or written to a cache file.
+
+    The cache is a JSON file (safe to load, unlike pickle) whose name holds a
+    hash of everything the features depend on (file content, tokenizer,
+    max_seq_length, dataset, PREPRO_VERSION, rel2id), so a stale cache is never
+    read: any change gives a new name. Default cache_dir:
+    `.docre_cache` next to the data file, or ~/.cache/docre-ii when the data
+    folder is read-only. rel2id defaults to meta/rel2id.json for DocRED.
+    """
+    if dataset not in ("docred", "cdr", "gda"):
+        raise utils.UsageError(f"dataset must be 'docred', 'cdr' or 'gda', got {dataset!r}")
+    if dataset == "docred" and rel2id is None:
+        rel2id = load_rel2id()
+    raw = _read_bytes(path)
+    key = _cache_key(raw, dataset, tokenizer, max_seq_length, rel2id if dataset == "docred" else None)
+    folder = cache_dir or default_cache_dir(path)
+    cache_path = os.path.join(folder, f"{os.path.basename(path)}.{dataset}.{key[:24]}.json")
+    if os.path.exists(cache_path):
+        try:
+            features = _load_cache(cache_path)
+            logger.info("%s: loaded %d cached documents from %s", path, len(features), cache_path)
+            return features
+        except (OSError, ValueError, KeyError, TypeError) as e:  # an unreadable cache is rebuilt, never trusted
+            logger.warning("%s: unreadable cache %s (%s); rebuilding it", path, cache_path, e)
+    if dataset == "docred":
+        features = _docred_features(raw, path, tokenizer, rel2id, max_seq_length)
+    else:
+        features = _bio_features(raw, path, tokenizer, max_seq_length, dataset)
+    try:
+        utils.atomic_write_bytes(cache_path, json.dumps(features, separators=(",", ":")).encode("utf-8"))
+    except OSError as e:  # caching only saves time: carry on without it
+        logger.warning("%s: cannot write cache %s: %s", path, cache_path, e)
+    return features
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector.
+
+    Building ~10^5 small lists (hts, labels) triggers collection after
+    collection and makes reading 2-10x slower; none of these objects form cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_gc_paused()
+def _load_cache(cache_path):
+    # JSON rather than pickle/torch.load: loading it cannot run code, even from a
+    # shared cache folder, and with the collector paused it is as fast as pickle.
+    with open(cache_path, "rb") as f:
+        features = json.loads(f.read().decode("utf-8"))
+    for feature in features:
+        feature["entity_pos"] = [[tuple(span) for span in spans] for spans in feature["entity_pos"]]
+    return features
+
+
+def default_cache_dir(path):
+    """`.docre_cache` next to the data file if that folder may be written, else the user cache."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(path)), ".docre_cache")
+    if _writable(folder if os.path.isdir(folder) else os.path.dirname(folder)):
+        return folder
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "docre-ii")
+
+
+def _writable(folder):
+    # root passes os.access everywhere, so also honour the mode bits: a data
+    # folder marked read-only is never written to, whoever runs the code.
+    write_bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & write_bits)
+
+
+def _cache_key(raw, dataset, tokenizer, max_seq_length, rel2id):
+    # The backend JSON covers what name_or_path does not: vocabulary edits,
+    # lower-casing, add_prefix_space. Its truncation and padding settings are
+    # rewritten by every tokenizer call, so they stay out of the key.
+    backend = {}
+    if getattr(tokenizer, "is_fast", False):
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
+        backend.pop("truncation", None)
+        backend.pop("padding", None)
+    parts = {
+        "file": hashlib.sha256(raw).hexdigest(),
+        "tokenizer": tokenizer.name_or_path,
+        "tokenizer_class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+        "vocab_size": len(tokenizer),
+        "tokenizer_backend": hashlib.sha256(json.dumps(backend, sort_keys=True).encode("utf-8")).hexdigest(),
+        "max_seq_length": max_seq_length,
+        "dataset": dataset,
+        "version": PREPRO_VERSION,
+        "rel2id": None if rel2id is None else sorted(rel2id.items()),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise utils.UsageError(f"{path}: no such file") from e
+    if not raw.strip():
+        raise utils.DataError(f"{path}: empty file")
+    return raw
+
+
+def _decode(raw, path):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise utils.DataError(f"{path}: not UTF-8 text: {e}") from e
+
+
+# ---------------------------------------------------------------- DocRED JSON
+
+
+@_gc_paused()
+def _docred_features(raw, path, tokenizer, rel2id, max_seq_length):
+    try:
+        data = json.loads(_decode(raw, path))
+    except json.JSONDecodeError as e:
+        raise utils.DataError(f"{path}: not DocRED JSON (invalid JSON: {e})") from e
+    if not isinstance(data, list):
+        raise utils.DataError(f"{path}: not DocRED JSON (expected a list of documents, got {type(data).__name__})")
+    if not data:
+        raise utils.DataError(f"{path}: no documents (empty list)")
+    docs = [_parse_docred_doc(doc, i, path, rel2id) for i, doc in enumerate(data)]
+    return _featurize(docs, tokenizer, max_seq_length, path)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse_docred_doc(doc, index, path, rel2id):
+    """Check one DocRED document and flatten it to words, entity spans and labelled pairs."""
+    if not isinstance(doc, dict):
+        raise utils.DataError(f"{path}: document {index}: expected a JSON object, got {type(doc).__name__}")
+    where = f"{path}: document {index} ({json.dumps(doc.get('title', '?'), ensure_ascii=False)})"
+    for key in ("title", "sents", "vertexSet"):
+        if key not in doc:
+            raise utils.DataError(f"{where}: missing key '{key}'")
+    if not isinstance(doc["title"], str):
+        raise utils.DataError(f"{where}: title: expected a string")
+    sents = doc["sents"]
+    if not isinstance(sents, list) or not all(
+            isinstance(s, list) and all(isinstance(w, str) for w in s) for s in sents):
+        raise utils.DataError(f"{where}: sents: expected a list of sentences, each a list of words")
+    offsets = [0]
+    for sent in sents:
+        offsets.append(offsets[-1] + len(sent))
+
+    vertex_set = doc["vertexSet"]
+    if not isinstance(vertex_set, list):
+        raise utils.DataError(f"{where}: vertexSet: expected a list of entities")
+    entities, mention_sent = [], []
+    for e, entity in enumerate(vertex_set):
+        if not isinstance(entity, list) or not entity:
+            raise utils.DataError(f"{where}: vertexSet[{e}]: expected a non-empty list of mentions")
+        spans, sent_ids = [], []
+        for m, mention in enumerate(entity):
+            field = f"vertexSet[{e}][{m}]"
+            if not isinstance(mention, dict) or "pos" not in mention or "sent_id" not in mention:
+                raise utils.DataError(f"{where}: {field}: expected a mention with 'pos' and 'sent_id'")
+            sid, pos = mention["sent_id"], mention["pos"]
+            if not _is_int(sid) or not 0 <= sid < len(sents):
+                raise utils.DataError(f"{where}: {field}.sent_id: {sid!r} is not a sentence id "
+                                      f"(the document has {len(sents)} sentences)")
+            if (not isinstance(pos, list) or len(pos) != 2 or not all(map(_is_int, pos))
+                    or not 0 <= pos[0] < pos[1] <= len(sents[sid])):
+                raise utils.DataError(f"{where}: {field}.pos: {pos!r} is not a span [start, end) inside "
+                                      f"sentence {sid} ({len(sents[sid])} words)")
+            spans.append((offsets[sid] + pos[0], offsets[sid] + pos[1]))
+            sent_ids.append(sid)
+        entities.append(spans)
+        mention_sent.append(sent_ids)
+
+    n = len(entities)
+    pair_labels = {}
+    labels = doc.get("labels", [])
+    if not isinstance(labels, list):
+        raise utils.DataError(f"{where}: labels: expected a list")
+    for k, label in enumerate(labels):
+        if not isinstance(label, dict):
+            raise utils.DataError(f"{where}: labels[{k}]: expected a JSON object")
+        for arg in ("h", "t"):
+            if not _is_int(label.get(arg)) or not 0 <= label[arg] < n:
+                raise utils.DataError(f"{where}: labels[{k}].{arg}: {label.get(arg)!r} is not an entity "
+                                      f"index (vertexSet has {n} entities)")
+        if label["h"] == label["t"]:
+            raise utils.DataError(f"{where}: labels[{k}]: head and tail are the same entity {label['h']}")
+        r = label.get("r")
+        if r == "Na" or r not in rel2id:
+            raise utils.DataError(f"{where}: labels[{k}].r: unknown relation {r!r}")
+        pair_labels.setdefault((label["h"], label["t"]), set()).add(rel2id[r])
+
+    hts = [[h, t] for h in range(n) for t in range(n) if h != t]
+    positives = {pair: sorted(rels) for pair, rels in pair_labels.items()}
+    return {
+        "title": doc["title"],
+        "words": [w for sent in sents for w in sent],
+        "entities": entities,
+        "extra_spans": [],
+        "mention_sent": mention_sent,
+        "hts": hts,
+        "labels": [positives[h, t] if (h, t) in positives else [] for h, t in hts],
+        "num_class": len(rel2id),
+    }
+
+
+# ------------------------------------------------------------- CDR/GDA .data
+
+
+@_gc_paused()
+def _bio_features(raw, path, tokenizer, max_seq_length, dataset):
+    docs, first_line = [], {}
+    for line_no, line in enumerate(_decode(raw, path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.strip():
+            docs.append(_parse_data_line(line, line_no, path, BIO_LABELS[dataset], first_line))
+    return _featurize(docs, tokenizer, max_seq_length, path)
+
+
+def _parse_data_line(line, line_no, path, label_map, first_line):
+    """One `.data` line: PMID, text ('|' between sentences), then 17 fields per candidate pair.
+
+    Pair fields: label, direction, CROSS/NON-CROSS, two distance fields, then
+    for each of the two entities: id, mention names, type, mention starts,
+    mention ends, sentence ids (':'-separated word indices into the document).
+    As in ATLOP, the direction field orders the pair: L2R is (entity1,
+    entity2), R2L is (entity2, entity1); entities are numbered in order of
+    first appearance. Mentions of entities that only occur in `not_include`
+    pairs still get markers (ATLOP marks every mention on the line), but those
+    entities are not in the entity list.
+    """
+    fields = line.split("\t")
+    pmid = fields[0]
+    where = f"{path}: line {line_no} (PMID {pmid})"
+    if len(fields) < 2 + PAIR_FIELDS or (len(fields) - 2) % PAIR_FIELDS:
+        raise utils.DataError(f"{where}: expected PMID, text and {PAIR_FIELDS} fields per candidate pair; "
+                              f"got {len(fields)} tab-separated fields (not a .data file?)")
+    if pmid in first_line:
+        raise utils.DataError(f"{where}: PMID already used on line {first_line[pmid]}")
+    first_line[pmid] = line_no
+    # split(" ") rather than split(): mention indices count every ' '-separated word.
+    sents = [s.split(" ") for s in fields[1].split("|")]
+    offsets = [0]
+    for sent in sents:
+        offsets.append(offsets[-1] + len(sent))
+
+    ent_index, entities, mention_sent, extra_spans = {}, [], [], []
+    hts, labels, seen_pairs = [], [], set()
+    for p, start in enumerate(range(2, len(fields), PAIR_FIELDS)):
+        group = fields[start:start + PAIR_FIELDS]
+        label, direction = group[0], group[1]
+        first = _parse_data_entity(group[5:11], f"{where}: pair {p} entity 1", sents, offsets)
+        second = _parse_data_entity(group[11:17], f"{where}: pair {p} entity 2", sents, offsets)
+        if label == SKIPPED_PAIR:
+            extra_spans.extend(first[1] + second[1])
+            continue
+        if label not in label_map:
+            raise utils.DataError(f"{where}: pair {p}: unknown label {label!r} "
+                                  f"(expected {', '.join(label_map)} or {SKIPPED_PAIR})")
+        if direction not in ("L2R", "R2L"):
+            raise utils.DataError(f"{where}: pair {p}: direction must be L2R or R2L, got {direction!r}")
+        head, tail = (first, second) if direction == "L2R" else (second, first)
+        ids = []
+        for eid, spans, sent_ids in (head, tail):
+            if eid not in ent_index:
+                ent_index[eid] = len(entities)
+                entities.append(spans)
+                mention_sent.append(sent_ids)
+            elif entities[ent_index[eid]] != spans:
+                raise utils.DataError(f"{where}: pair {p}: entity {eid} has other mentions than in an earlier pair")
+            ids.append(ent_index[eid])
+        if ids[0] == ids[1]:
+            raise utils.DataError(f"{where}: pair {p}: both entities are {head[0]}")
+        if tuple(ids) in seen_pairs:
+            raise utils.DataError(f"{where}: pair {p}: the pair ({head[0]}, {tail[0]}) is listed twice")
+        seen_pairs.add(tuple(ids))
+        hts.append(ids)
+        labels.append([] if label_map[label] is None else [label_map[label]])
+    return {
+        "title": pmid,
+        "words": [w for sent in sents for w in sent],
+        "entities": entities,
+        "extra_spans": extra_spans,
+        "mention_sent": mention_sent,
+        "hts": hts,
+        "labels": labels,
+        "num_class": 2,
+    }
+
+
+def _parse_data_entity(fields, where, sents, offsets):
+    """(id, [(start, end) word spans], [sentence ids]) from the 6 fields of one entity."""
+    eid, _names, _type, starts, ends, sent_ids = fields
+    try:
+        starts, ends, sent_ids = ([int(x) for x in f.split(":")] for f in (starts, ends, sent_ids))
+    except ValueError as e:
+        raise utils.DataError(f"{where} ({eid}): mention starts, ends and sentence ids must be "
+                              f"':'-separated integers") from e
+    if not len(starts) == len(ends) == len(sent_ids):
+        raise utils.DataError(f"{where} ({eid}): {len(starts)} mention starts, {len(ends)} ends and "
+                              f"{len(sent_ids)} sentence ids")
+    for s, e, sid in zip(starts, ends, sent_ids):
+        if not 0 <= sid < len(sents):
+            raise utils.DataError(f"{where} ({eid}): sentence id {sid} out of range ({len(sents)} sentences)")
+        if not offsets[sid] <= s < e <= offsets[sid + 1]:
+            raise utils.DataError(f"{where} ({eid}): mention [{s}, {e}) is not inside sentence {sid} "
+                                  f"(words {offsets[sid]}..{offsets[sid + 1] - 1})")
+    return eid, list(zip(starts, ends)), sent_ids
+
+
+# ------------------------------------------------------ markers and subwords
+
+
+def _insert_markers(words, spans):
+    """Words with `*` inserted around every distinct span, and span -> (start, end) marker word indices."""
+    opens, closes = {}, {}
+    for span in set(spans):
+        opens.setdefault(span[0], []).append(span)
+        closes.setdefault(span[1], []).append(span)
+    marked, start_of, marker_words = [], {}, {}
+    prev = 0
+    for b in sorted(opens.keys() | closes.keys()):
+        marked.extend(words[prev:b])
+        prev = b
+        # Spans that started later are inner ones: they close first.
+        for span in sorted(closes.get(b, ()), reverse=True):
+            marker_words[span] = (start_of[span], len(marked))
+            marked.append(MARKER)
+        # Longer spans are outer ones: they open first.
+        for span in sorted(opens.get(b, ()), key=lambda sp: -sp[1]):
+            start_of[span] = len(marked)
+            marked.append(MARKER)
+    marked.extend(words[prev:])
+    return marked, marker_words
+
+
+def _check_tokenizer(tokenizer):
+    if not getattr(tokenizer, "is_fast", False):
+        raise utils.UsageError("a fast (Rust) tokenizer is needed: words are mapped to subwords with word_ids")
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise utils.UsageError(f"tokenizer {tokenizer.name_or_path!r} has no CLS/SEP (or <s>/</s>) token")
+    # Pre-split words must tokenize as the same words joined by spaces; byte-level
+    # BPE loaded without add_prefix_space=True fails this and would glue words.
+    probe = [MARKER, "a", MARKER]
+    split = tokenizer(probe, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    joined = tokenizer(" ".join(probe), add_special_tokens=False)["input_ids"]
+    if split != joined:
+        raise utils.UsageError(f"tokenizer {tokenizer.name_or_path!r} does not tokenize pre-split words like "
+                               f"running text; load RoBERTa-style tokenizers with add_prefix_space=True "
+                               f"(prepro.load_tokenizer(path, 'roberta') does)")
+
+
+def _featurize(docs, tokenizer, max_seq_length, path):
+    """Mark, tokenize (one call per batch of documents), truncate and assemble the features."""
+    _check_tokenizer(tokenizer)
+    if max_seq_length < 3:
+        raise utils.UsageError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    limit = max_seq_length - 2  # room left for [CLS] and [SEP]
+    features, truncated, lost = [], 0, 0
+    for b in range(0, len(docs), TOKENIZER_BATCH):
+        batch = docs[b:b + TOKENIZER_BATCH]
+        marked = [_insert_markers(d["words"], [s for ent in d["entities"] for s in ent] + d["extra_spans"])
+                  for d in batch]
+        encoding = tokenizer([words for words, _ in marked], is_split_into_words=True,
+                             add_special_tokens=False, verbose=False)
+        for i, (doc, (_, marker_words)) in enumerate(zip(batch, marked)):
+            ids = encoding["input_ids"][i]
+            token_of = {}
+            for span, (start_word, end_word) in marker_words.items():
+                start_tok = encoding.word_to_tokens(i, start_word)
+                end_tok = encoding.word_to_tokens(i, end_word)
+                if start_tok is None or end_tok is None:
+                    raise utils.UsageError(f"tokenizer {tokenizer.name_or_path!r} drops the {MARKER!r} marker")
+                token_of[span] = (start_tok.start, end_tok.start)
+            entity_pos = []
+            for spans in doc["entities"]:
+                kept = []
+                for span in spans:
+                    start, end = token_of[span]
+                    if start >= limit:
+                        lost += 1
+                        continue
+                    # +1 for [CLS]; an end marker cut off is clipped to the last kept subword.
+                    kept.append((start + 1, min(end, limit - 1) + 1))
+                entity_pos.append(kept)
+            truncated += len(ids) > limit
+            features.append({
+                "title": doc["title"],
+                "input_ids": [tokenizer.cls_token_id] + ids[:limit] + [tokenizer.sep_token_id],
+                "entity_pos": entity_pos,
+                "mention_sent": doc["mention_sent"],
+                "hts": doc["hts"],
+                "labels": doc["labels"],
+                "num_entities": len(doc["entities"]),
+                "num_class": doc["num_class"],
+            })
+    if truncated:
+        logger.warning("%s: %d of %d documents truncated to max_seq_length=%d; %d entity mentions lost",
+                       path, truncated, len(docs), max_seq_length, lost)
+    logger.info("%s: %d documents, %d entity pairs, %d with a relation", path, len(features),
+                sum(len(f["hts"]) for f in features), sum(bool(x) for f in features for x in f["labels"]))
+    return features

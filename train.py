@@ -1,0 +1,714 @@
+"""Train and evaluate DocRE-II: stage 1 (base module), stage 2 (whole model), then dev/test predictions.
+
+Reads top to bottom: flags -> data -> model -> optimiser per stage -> epoch loop (train, evaluate,
+checkpoint) -> final predictions. One process, or one per GPU under torchrun (DistributedDataParallel).
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import evaluation
+import prepro
+from base_module import BaseModule, load_encoder
+from inference_module import InferenceModule
+from losses import get_label
+from model import DocREModel
+from utils import DataError, UsageError, atomic_write_bytes, atomic_write_json, collate_fn, default_model_path, \
+    move_to, set_seed
+
+# Flags that define the base module / the inference module. A checkpoint records them; --load_path and
+# --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
+# ablations of Table 4 can share one stage 1).
+BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "rel2id")
+INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
+                  "contrastive")
+OUTPUTS = ("metrics.jsonl", "best.pt", "last.pt", "result.json", "dev_result.json", "predictions.json")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # data
+    a("--dataset", choices=["docred", "cdr", "gda"], default="docred")
+    a("--data_dir", default="dataset/docred")
+    a("--train_file", default="train_annotated.json")
+    a("--dev_file", default="dev.json")
+    a("--test_file", default="test.json", help="predicted (and scored when it has labels); '' to skip")
+    a("--rel2id", default=None, help="relation map for DocRED-format data (default meta/rel2id.json)")
+    a("--cache_dir", default=".cache/features", help="preprocessed-feature cache")
+    a("--max_train_docs", type=int, default=0, help="use only the first N training documents (0 = all)")
+    a("--max_eval_docs", type=int, default=0, help="use only the first N dev/test documents (0 = all)")
+    # encoder and base module (Section 2.1)
+    a("--transformer_type", choices=["bert", "roberta"], default="bert")
+    a("--model_name_or_path", default=None, help="HF name or local folder (default: bundled all-MiniLM-L6-v2)")
+    a("--max_seq_length", type=int, default=1024)
+    a("--emb_size", type=int, default=0, help="pair-feature width e (0 = encoder hidden size)")
+    # inference module (Section 2.2)
+    a("--num_inference_layers", type=int, default=2, help="N_I")
+    a("--num_iterations", type=int, default=3, help="K at evaluation; 0 evaluates the base module alone")
+    a("--inference_dim", type=int, default=512, help="inference-module width (authors' code: 512)")
+    a("--eca_heads_per_line", type=int, default=1, help="heads per attended line (4 lines: paper = 1)")
+    a("--dropout", type=float, default=0.1)
+    a("--eca", choices=["eca", "full"], default="eca", help="'full': ablation w/o ECA (attention over all pairs)")
+    a("--no_fusion", action="store_true", help="ablation w/o fusion sub-layer")
+    # training (Section 2.3, Table 7: DocRED / BERT-base)
+    a("--train_batch_size", type=int, default=8)
+    a("--test_batch_size", type=int, default=16)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--num_labels", type=int, default=4, help="at most this many relations per pair (CDR/GDA: 1)")
+    a("--stage1_epochs", type=int, default=30)
+    a("--encoder_lr", type=float, default=5e-5)
+    a("--classifier_lr", type=float, default=1e-4)
+    a("--stage2_epochs", type=int, default=15)
+    a("--stage2_base_lr", type=float, default=1e-5)
+    a("--inference_lr", type=float, default=1e-4)
+    a("--noise_max", type=float, default=0.4, help="noise rate r ~ U(0, noise_max)")
+    a("--contrastive", choices=["simsiam", "simclr", "none"], default="simsiam")
+    a("--contrastive_weight", type=float, default=1.0)
+    a("--temperature", type=float, default=0.1, help="SimCLR temperature (--contrastive simclr)")
+    a("--skip_stage1", action="store_true", help="ablation w/o pre-training: stage 2 from the raw encoder")
+    a("--freeze_base", action="store_true", help="ablation: the base module is frozen in stage 2")
+    a("--warmup_ratio", type=float, default=0.06)
+    a("--adam_epsilon", type=float, default=1e-6)
+    a("--weight_decay", type=float, default=0.0)
+    a("--max_grad_norm", type=float, default=1.0)
+    a("--max_bad_steps", type=int, default=20, help="stop after this many non-finite steps in a row")
+    a("--seed", type=int, default=66)
+    # run control
+    a("--save_path", default="runs/docre-ii")
+    a("--load_path", default="", help="checkpoint to evaluate (--evaluate_only) or to start stage 2 from")
+    a("--resume", default="", help="SAVE_PATH of an interrupted run: continue from its last.pt")
+    a("--overwrite", action="store_true", help="allow replacing outputs already in --save_path")
+    a("--evaluate_only", action="store_true")
+    a("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    a("--amp", choices=["none", "bf16", "fp16"], default="none")
+    a("--num_workers", type=int, default=0)
+    a("--log_every", type=int, default=50, help="steps between progress-bar loss updates")
+    a("--wandb", action="store_true", help="log to Weights & Biases (respects WANDB_MODE)")
+    a("--wandb_project", default="docre-ii")
+    return p.parse_args(argv)
+
+
+def validate_args(args):
+    """Out-of-range flags end the run before anything is written."""
+    checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
+              ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
+              ("adam_epsilon", 0), ("max_grad_norm", 0), ("contrastive_weight", 0), ("max_train_docs", 0),
+              ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0)]
+    for name, low in checks:
+        if getattr(args, name) < low:
+            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    for name in ("train_batch_size", "test_batch_size", "gradient_accumulation_steps", "num_inference_layers",
+                 "inference_dim", "eca_heads_per_line", "max_seq_length", "log_every", "max_bad_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.noise_max <= 1:
+        raise UsageError(f"--noise_max must be in [0, 1], got {args.noise_max}")
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.warmup_ratio > 1:
+        raise UsageError(f"--warmup_ratio must be <= 1, got {args.warmup_ratio}")
+    if args.temperature <= 0:
+        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    if args.inference_dim % (4 * args.eca_heads_per_line):
+        raise UsageError(f"--inference_dim {args.inference_dim} must be divisible by 4 x --eca_heads_per_line")
+    if args.evaluate_only and not args.load_path:
+        raise UsageError("--evaluate_only needs --load_path CHECKPOINT")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+
+
+# ---------------------------------------------------------------- distributed set-up
+def init_distributed(args):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        return device, dist.get_rank(), world
+    return torch.device("cuda" if use_cuda else "cpu"), 0, 1
+
+
+def barrier(world):
+    if world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------- data
+def data_path(args, name):
+    return name if os.path.isabs(name) or os.path.exists(name) else os.path.join(args.data_dir, name)
+
+
+def load_split(args, name, tokenizer, rel2id, limit):
+    path = data_path(args, name)
+    if not os.path.isfile(path):
+        raise UsageError(f"data file not found: {path} (see dataset/README.md)")
+    feats = prepro.load_features(path, args.dataset, tokenizer, args.max_seq_length,
+                                 rel2id=rel2id if args.dataset == "docred" else None, cache_dir=args.cache_dir)
+    return path, (feats[:limit] if limit else feats)
+
+
+def train_loader(features, args, rank, world, epoch_key):
+    """DistributedSampler (also with one process) gives a per-epoch permutation seeded by seed + epoch_key."""
+    sampler = DistributedSampler(features, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    sampler.set_epoch(epoch_key)
+    return DataLoader(features, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
+                      num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
+
+
+# ---------------------------------------------------------------- model
+def build_model(args, num_class, tokenizer):
+    start = [tokenizer.cls_token_id]
+    end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
+    try:
+        encoder = load_encoder(args.model_name_or_path or default_model_path())
+    except OSError as e:
+        raise UsageError(f"cannot load encoder {args.model_name_or_path!r}: {e}") from e
+    base = BaseModule(encoder, start, end, num_class, emb_size=args.emb_size or None)
+    inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
+                                args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion)
+    return DocREModel(base, inference, args.noise_max, args.contrastive, args.contrastive_weight,
+                      args.temperature, args.freeze_base)
+
+
+def param_groups(model, args, stage):
+    """Stage 1: encoder at encoder_lr, base head at classifier_lr. Stage 2: base module at stage2_base_lr
+    (or the stage-1 rates with --skip_stage1), inference module and predictor at inference_lr."""
+    base = model.base
+    enc = [p for p in base.encoder.parameters()]
+    enc_ids = {id(p) for p in enc}
+    head = [p for p in base.parameters() if id(p) not in enc_ids]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("base.")]
+    if stage == 1:
+        return [{"params": enc, "lr": args.encoder_lr}, {"params": head, "lr": args.classifier_lr}]
+    groups = [{"params": rest, "lr": args.inference_lr}]
+    if not args.freeze_base:
+        if args.skip_stage1:
+            groups += [{"params": enc, "lr": args.encoder_lr}, {"params": head, "lr": args.classifier_lr}]
+        else:
+            groups += [{"params": enc + head, "lr": args.stage2_base_lr}]
+    return groups
+
+
+def set_trainable(model, groups):
+    """Only the parameters being optimised require grad, so DDP never waits for a gradient that is not coming."""
+    live = {id(p) for g in groups for p in g["params"]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in live)
+
+
+def linear_schedule(optimizer, total_steps, warmup_ratio):
+    """Linear warm-up over the first warmup_ratio of the steps, then linear decay to 0 (Section 3.2)."""
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step):
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------- checkpoints
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, obj):
+    """torch.save into memory, then an atomic rename: an interrupted write never leaves a torn file."""
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(f"{path} is not a DocRE-II checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+        raise UsageError(f"{path} is not a DocRE-II checkpoint (no 'model'/'args' entries)")
+    return ckpt
+
+
+def adopt_checkpoint_args(args, ckpt, keys, path):
+    """Take the network flags from the checkpoint; a flag the user set to another value is an error."""
+    defaults = vars(parse_args([]))
+    for key in keys:
+        if key not in ckpt["args"]:
+            continue
+        mine, theirs = getattr(args, key), ckpt["args"][key]
+        if mine != defaults[key] and mine != theirs:
+            raise UsageError(f"{path}: trained with --{key} {theirs!r}, but this run asks for {mine!r}")
+        setattr(args, key, theirs)
+
+
+def load_weights(model, state, path, prefix=""):
+    """Load (a prefix of) a state dict; a shape mismatch means another encoder or number of classes."""
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        target = getattr(model, prefix.rstrip("."))
+    else:
+        target = model
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0:3]
+        raise UsageError(f"{path} does not fit this model (other encoder or number of classes?): "
+                         f"{' '.join(first)[:400]}") from e
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(model, features, args, device, num_iterations):
+    """Logits of every pass for every document, in document order. Batches are bucketed by length."""
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out = [None] * len(features)
+    for s in range(0, len(order), args.test_batch_size):
+        idx = order[s:s + args.test_batch_size]
+        batch = collate_fn([features[i] for i in idx])
+        with autocast(args, device):
+            passes = model.predict(move_to(batch, device), num_iterations)
+        packed = torch.full(batch["pair_mask"].shape, -1, dtype=torch.long)  # (b, s, o) -> packed pair index
+        packed[batch["pair_mask"]] = torch.arange(int(batch["pair_mask"].sum()))
+        passes = [p.float().cpu() for p in passes]
+        for j, i in enumerate(idx):
+            h, t = batch["hts"][j].unbind(1)
+            out[i] = [p[packed[j, h, t]] for p in passes]  # [pairs of hts, C] per pass
+    return out
+
+
+def score(args, features, logits, gold_docs, train_docs, id2rel):
+    preds = [get_label(lg, args.num_labels).numpy() for lg in logits]
+    if args.dataset == "docred":
+        sub = evaluation.to_official(preds, features, id2rel)
+        return evaluation.docred_scores(sub, gold_docs, train_docs), sub
+    return evaluation.bio_scores(preds, features), None
+
+
+def evaluate(model, features, args, device, gold_docs, train_docs, id2rel, num_iterations):
+    """Scores of the final pass, and of each pass k = 0..K ('by_k'), on a labelled split."""
+    logits = predict(model, features, args, device, num_iterations)
+    by_k, subs = {}, {}
+    for k in range(num_iterations + 1):
+        by_k[k], subs[k] = score(args, features, [lg[k] for lg in logits], gold_docs, train_docs, id2rel)
+    return by_k[num_iterations], by_k, subs[num_iterations], logits
+
+
+def readable_predictions(features, logits, args, id2rel, rel_names, docs):
+    """predictions.json: one entry per predicted triple with entity names, relation name and its margin
+    over the threshold class (logit_r - logit_TH > 0 for every prediction)."""
+    rows = []
+    for f, lg in zip(features, logits):
+        final = lg[-1]
+        pred = get_label(final, args.num_labels)
+        doc = docs.get(f["title"]) if docs else None
+        for i, r in zip(*np.nonzero(pred[:, 1:].numpy())):
+            h, t = f["hts"][i]
+            rid = id2rel[int(r) + 1]
+            row = {"title": f["title"], "h_idx": h, "t_idx": t, "r": rid, "relation": rel_names.get(rid, rid),
+                   "score": round(float(final[i, r + 1] - final[i, 0]), 4)}
+            if doc is not None:
+                row["head"], row["tail"] = doc["vertexSet"][h][0]["name"], doc["vertexSet"][t][0]["name"]
+            rows.append(row)
+    return rows
+
+
+def autocast(args, device):
+    if args.amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
+
+
+# ---------------------------------------------------------------- training
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived: last.pt was saved at a step boundary."""
+
+
+class Trainer:
+    def __init__(self, args, model, device, rank, world, features, evaluator, save_path):
+        self.args, self.model, self.device, self.rank, self.world = args, model, device, rank, world
+        self.features, self.evaluator, self.save_path = features, evaluator, save_path
+        self.stop_signal = None
+        self.wandb = None
+
+    def on_signal(self, signum, _frame):
+        self.stop_signal = signum
+
+    def save_last(self, state):
+        if self.rank == 0:
+            save_checkpoint(os.path.join(self.save_path, "last.pt"), state)
+
+    def run_stage(self, stage, epochs, resume=None):
+        """Train one stage; returns the best dev score of the stage. ``resume`` is a loaded last.pt."""
+        args, model = self.args, self.model
+        groups = param_groups(model, args, stage)
+        set_trainable(model, groups)
+        optimizer = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        batches = math.ceil(math.ceil(len(self.features) / self.world) / args.train_batch_size)
+        steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+        scheduler = linear_schedule(optimizer, max(1, steps_per_epoch * epochs), args.warmup_ratio)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+        net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if self.world > 1 else model
+        start_epoch, skip, best = 0, 0, -1.0
+        loss_sum = {}
+        global_step = 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            scaler.load_state_dict(resume["scaler"])
+            start_epoch, skip, best = resume["epoch"], resume["step_in_epoch"], resume["best"]
+            loss_sum = {k: torch.tensor(v, device=self.device) for k, v in resume["loss_sum"].items()}
+            global_step = resume["global_step"]
+            set_rng_state(resume["rng"][self.rank] if isinstance(resume["rng"], list) else resume["rng"])
+        for epoch in range(start_epoch, epochs):
+            loader = train_loader(self.features, args, self.rank, self.world, 1000 * stage + epoch)
+            model.train()
+            bad_in_row, skipped = 0, 0
+            if skip == 0:
+                loss_sum = {}
+            it = iter(loader)
+            batches_done = 0
+            for _ in range(skip):  # mid-epoch resume: the same permutation, minus the batches already used
+                next(it)
+                batches_done += 1
+            bar = tqdm(total=batches, initial=batches_done, desc=f"stage {stage} epoch {epoch}",
+                       disable=self.rank != 0, leave=False)
+            t0 = time.time()
+            while batches_done < batches:
+                group = []
+                for _ in range(min(args.gradient_accumulation_steps, batches - batches_done)):
+                    group.append(next(it))
+                    batches_done += 1
+                step_losses, bad = self.train_step(net, group, stage, optimizer, scaler)
+                if bad:
+                    bad_in_row += 1
+                    skipped += 1
+                    if bad_in_row >= args.max_bad_steps:
+                        raise RuntimeError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a row; "
+                                           f"stopping (last.pt holds the state before them)")
+                else:
+                    bad_in_row = 0
+                    scheduler.step()
+                    for k, v in step_losses.items():
+                        loss_sum[k] = loss_sum.get(k, 0.0) + v
+                    loss_sum["steps"] = loss_sum.get("steps", 0.0) + 1
+                global_step += 1
+                bar.update(len(group))
+                if global_step % args.log_every == 0 and self.rank == 0:
+                    running = {k: float(v) / float(loss_sum.get("steps", 1)) for k, v in loss_sum.items() if k != "steps"}
+                    bar.set_postfix(loss=f"{running.get('loss', float('nan')):.4f}")
+                    if self.wandb:
+                        self.wandb.log({f"train/{k}": v for k, v in running.items()}, step=global_step)
+                if self.stop_signal is not None and batches_done < batches:
+                    self.save_last(self.state(model, optimizer, scheduler, scaler, stage, epoch, batches_done, best,
+                                              loss_sum, global_step))
+                    raise StopRequested()
+            bar.close()
+            train_time = time.time() - t0
+            steps = float(loss_sum.get("steps", 0.0)) or 1.0
+            line = {"stage": stage, "epoch": epoch, "step": global_step,
+                    "lr": [g["lr"] for g in optimizer.param_groups], "skipped_steps": skipped}
+            line.update({f"train_{k}": round(float(v) / steps, 6) for k, v in loss_sum.items() if k != "steps"})
+            if self.rank == 0:
+                best = self.evaluator.after_epoch(model, stage, line, best, train_time)
+            barrier(self.world)
+            if self.world > 1:
+                best_t = torch.tensor([best], dtype=torch.float64, device=self.device)
+                dist.broadcast(best_t, 0)
+                best = float(best_t.item())
+            skip = 0
+            self.save_last(self.state(model, optimizer, scheduler, scaler, stage, epoch + 1, 0, best, {}, global_step))
+            if self.stop_signal is not None and epoch + 1 < epochs:
+                raise StopRequested()
+        return best
+
+    def train_step(self, net, group, stage, optimizer, scaler):
+        """One optimiser step over a group of micro-batches (gradient accumulation and DDP).
+
+        Each micro-batch's mean loss is weighted by its share of the scored pairs of the whole global
+        batch, so that N processes x A micro-batches of b documents give the gradient of one batch of
+        N*A*b documents. The all-reduce runs only on the last micro-batch (no_sync on the others).
+        """
+        args, device = self.args, self.device
+        counts = torch.tensor([float(b["label_mask"].sum()) for b in group], device=device)
+        total = counts.sum()
+        if self.world > 1:
+            dist.all_reduce(total)
+        sums = {}
+        for i, batch in enumerate(group):
+            batch = move_to(batch, device)
+            weight = counts[i] * self.world / total.clamp(min=1)
+            sync = i == len(group) - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync else net.no_sync()
+            with ctx:
+                with autocast(args, device):
+                    out = net(batch, stage)
+                scaler.scale(out["loss"] * weight).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach() * weight / self.world
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        bad = (~torch.isfinite(norm) | ~torch.isfinite(sums["loss"])).float()
+        if self.world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        is_bad = bool(bad.item())  # the one host sync per optimiser step: needed to skip a bad step
+        if is_bad:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update()
+            return sums, True
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if self.world > 1:
+            for k in sums:
+                dist.all_reduce(sums[k])
+        return sums, False
+
+    def state(self, model, optimizer, scheduler, scaler, stage, epoch, step_in_epoch, best, loss_sum, global_step):
+        rng = rng_state()
+        if self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                "stage": stage, "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best,
+                "loss_sum": {k: float(v) for k, v in loss_sum.items()}, "global_step": global_step,
+                "args": vars(self.args), "world_size": self.world}
+
+
+class Evaluator:
+    """Rank 0's per-epoch work: dev scores, metrics.jsonl, best checkpoints, the one-line summary."""
+
+    def __init__(self, args, device, dev_features, gold_docs, train_docs, id2rel, save_path, wandb_run):
+        self.args, self.device, self.dev, self.gold, self.train = args, device, dev_features, gold_docs, train_docs
+        self.id2rel, self.save_path, self.wandb = id2rel, save_path, wandb_run
+
+    def after_epoch(self, model, stage, line, best, train_time):
+        args = self.args
+        k = 0 if stage == 1 else args.num_iterations
+        t0 = time.time()
+        scores, by_k, _, _ = evaluate(model, self.dev, args, self.device, self.gold, self.train, self.id2rel, k)
+        line["dev"] = {m: round(v, 4) for m, v in scores.items()}
+        if stage == 2:
+            line["dev_by_k"] = {str(i): round(s["f1"], 4) for i, s in by_k.items()}
+            line["dev_base"] = {m: round(v, 4) for m, v in by_k[0].items()}
+        line["best"] = scores["f1"] > best
+        with open(os.path.join(self.save_path, "metrics.jsonl"), "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        if line["best"]:
+            best = scores["f1"]
+            ckpt = {"model": model.state_dict(), "args": vars(args), "stage": stage, "epoch": line["epoch"],
+                    "dev": line["dev"]}
+            save_checkpoint(os.path.join(self.save_path, "best.pt"), ckpt)
+            if stage == 1:
+                save_checkpoint(os.path.join(self.save_path, "best_stage1.pt"), ckpt)
+        timing = {"stage": stage, "epoch": line["epoch"], "train_s": round(train_time, 2),
+                  "eval_s": round(time.time() - t0, 2)}
+        with open(os.path.join(self.save_path, "timing.jsonl"), "a") as fh:
+            fh.write(json.dumps(timing) + "\n")
+        extra = "" if stage == 1 else f" base_f1 {by_k[0]['f1']:.2f}"
+        ign = f" ign_f1 {scores['ign_f1']:.2f}" if "ign_f1" in scores else ""
+        print(f"stage {stage} epoch {line['epoch']}: loss {line.get('train_loss', float('nan')):.4f} "
+              f"dev f1 {scores['f1']:.2f}{ign}{extra} best {max(best, scores['f1']):.2f} "
+              f"({train_time:.0f}s train, {timing['eval_s']:.0f}s eval)", flush=True)
+        if self.wandb:
+            self.wandb.log({"epoch": line["epoch"], "stage": stage, **{f"dev/{m}": v for m, v in scores.items()}})
+        return best
+
+
+def check_save_path(args, files):
+    existing = [f for f in files if os.path.exists(os.path.join(args.save_path, f))]
+    if existing and not args.overwrite:
+        raise UsageError(f"{args.save_path} already holds {', '.join(existing)}: pass --overwrite to replace, "
+                         f"--resume {args.save_path} to continue, or another --save_path")
+
+
+def write_predictions(args, model, device, features, path, name_prefix, id2rel, train_docs):
+    """Predict a split; score it when it has labels. Writes <prefix>result.json (and predictions.json for test)."""
+    docs = evaluation.load_docs(path) if args.dataset == "docred" else None
+    logits = predict(model, features, args, device, args.num_iterations)
+    final = [lg[-1] for lg in logits]
+    preds = [get_label(lg, args.num_labels).numpy() for lg in final]
+    result = {}
+    if args.dataset == "docred":
+        sub = evaluation.to_official(preds, features, id2rel)
+        atomic_write_json(os.path.join(args.save_path, f"{name_prefix}result.json"), sub)
+        if any(d.get("labels") for d in docs):
+            result = evaluation.docred_scores(sub, docs, train_docs)
+        rel_names = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta", "rel_info.json")))
+        if name_prefix == "":
+            rows = readable_predictions(features, logits, args, id2rel, rel_names, {d["title"]: d for d in docs})
+            atomic_write_json(os.path.join(args.save_path, "predictions.json"), rows, indent=1)
+    elif any(any(lab) for f in features for lab in f["labels"]):
+        result = evaluation.bio_scores(preds, features)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    validate_args(args)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
+        saved = dict(ckpt["args"])
+        for k in ("resume", "num_workers", "device", "log_every", "wandb"):
+            saved[k] = getattr(args, k)
+        saved["save_path"] = args.resume
+        args = argparse.Namespace(**saved)
+    elif args.load_path:
+        ckpt = load_checkpoint(args.load_path)
+        keys = BASE_KEYS + (INFERENCE_KEYS if args.evaluate_only else ())
+        adopt_checkpoint_args(args, ckpt, keys, args.load_path)
+        if args.evaluate_only and args.save_path == parse_args([]).save_path:
+            args.save_path = os.path.join(os.path.dirname(os.path.abspath(args.load_path)), "eval")
+        if args.evaluate_only and ckpt.get("stage") == 1 and args.num_iterations:
+            print(f"{args.load_path} is a stage-1 checkpoint: evaluating the base module (--num_iterations 0)")
+            args.num_iterations = 0
+    if not args.evaluate_only and not args.dev_file:
+        raise UsageError("training needs --dev_file (model selection is on dev F1)")
+    device, rank, world = init_distributed(args)
+    set_seed(args.seed + rank)
+    if rank == 0:
+        if args.evaluate_only:
+            check_save_path(args, ("result.json", "dev_result.json", "predictions.json", "eval_scores.json"))
+        elif not args.resume:
+            check_save_path(args, OUTPUTS)
+        os.makedirs(args.save_path, exist_ok=True)
+        if not args.evaluate_only and not args.resume:
+            for name in ("metrics.jsonl", "timing.jsonl"):  # a fresh run (--overwrite) starts its logs anew
+                if os.path.exists(os.path.join(args.save_path, name)):
+                    os.remove(os.path.join(args.save_path, name))
+    # None = the bundled encoder; checkpoints record None so that they load on any machine.
+    tokenizer = prepro.load_tokenizer(args.model_name_or_path or default_model_path(), args.transformer_type)
+    rel2id = prepro.load_rel2id(args.rel2id) if args.dataset == "docred" else {"Na": 0, "1": 1}
+    id2rel = {v: k for k, v in rel2id.items()}
+    args.num_class = len(rel2id)
+
+    model = build_model(args, args.num_class, tokenizer)
+    if ckpt is not None:
+        train_from_stage1 = args.load_path and not args.evaluate_only and not args.resume
+        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if train_from_stage1 else "")
+    model.to(device)
+
+    dev_path, dev = (load_split(args, args.dev_file, tokenizer, rel2id, args.max_eval_docs)
+                     if args.dev_file else (None, []))
+    gold = evaluation.load_docs(dev_path) if (dev_path and args.dataset == "docred") else None
+    train_path = data_path(args, args.train_file) if args.train_file else None
+    train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
+                                                     and os.path.isfile(train_path)) else None
+    if gold is not None and args.max_eval_docs:
+        gold = gold[:args.max_eval_docs]
+
+    if not args.evaluate_only:
+        _, train = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
+        if train_docs is not None and args.max_train_docs:
+            train_docs = train_docs[:args.max_train_docs]
+        if rank == 0:
+            atomic_write_json(os.path.join(args.save_path, "args.json"), vars(args), indent=1)
+        wandb_run = None
+        if args.wandb and rank == 0:
+            import wandb
+            wandb_run = wandb.init(project=args.wandb_project, config=vars(args))
+        evaluator = Evaluator(args, device, dev, gold, train_docs, id2rel, args.save_path, wandb_run)
+        trainer = Trainer(args, model, device, rank, world, train, evaluator, args.save_path)
+        trainer.wandb = wandb_run
+        signal.signal(signal.SIGINT, trainer.on_signal)
+        signal.signal(signal.SIGTERM, trainer.on_signal)
+        stages = ([] if args.skip_stage1 or (args.load_path and not args.resume) else [1]) + [2]
+        if ckpt is not None and args.resume:
+            stages = [s for s in stages if s >= ckpt["stage"]]
+        stages = [s for s in stages if (args.stage1_epochs if s == 1 else args.stage2_epochs) > 0]
+        if not stages:
+            raise UsageError("nothing to train: --stage1_epochs and --stage2_epochs are both 0")
+        try:
+            for stage in stages:
+                epochs = args.stage1_epochs if stage == 1 else args.stage2_epochs
+                resume = ckpt if (args.resume and ckpt["stage"] == stage) else None
+                if resume is None or resume["epoch"] < epochs:
+                    trainer.run_stage(stage, epochs, resume)
+                barrier(world)
+                if trainer.stop_signal is not None:
+                    raise StopRequested()
+                if stage == 1 and args.stage2_epochs > 0:
+                    # Stage 2 starts from the best stage-1 weights, as the authors do.
+                    model.load_state_dict(load_checkpoint(os.path.join(args.save_path, "best_stage1.pt"))["model"])
+                    model.to(device)
+        except StopRequested:
+            name = signal.Signals(trainer.stop_signal).name
+            if rank == 0:
+                print(f"{name}: stopped; state saved to {os.path.join(args.save_path, 'last.pt')} "
+                      f"(continue with: python train.py --resume {args.save_path})", file=sys.stderr)
+            return 128 + trainer.stop_signal
+        best = load_checkpoint(os.path.join(args.save_path, "best.pt"))
+        model.load_state_dict(best["model"])
+        if best["stage"] == 1:
+            args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
+    if rank == 0:
+        outputs = {}
+        if dev:
+            outputs["dev"] = write_predictions(args, model, device, dev, dev_path, "dev_", id2rel, train_docs)
+        if args.test_file:
+            test_path, test = load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs)
+            outputs["test"] = write_predictions(args, model, device, test, test_path, "", id2rel, train_docs)
+        atomic_write_json(os.path.join(args.save_path, "eval_scores.json"), outputs, indent=1)
+        print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
+                                  ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
+                          for split, s in outputs.items()}))
+    barrier(world)
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def cli(argv=None):
+    """Entry point: expected failures end with one line on stderr and exit status 2, never a traceback."""
+    try:
+        return main(argv)
+    except (UsageError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "non-finite" in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

