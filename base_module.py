@@ -109,7 +109,9 @@ class BaseModule(nn.Module):
         """
         B = seq.size(0)
         bidx = torch.arange(B, device=seq.device)[:, None, None]
-        ment = seq[bidx, mention_pos].float()  # [B, N, M, d]; pooled in float32 under autocast
+        # [B, N, M, d]; pooled in at least float32 (fp16/bf16 under autocast), float64 stays float64
+        ment = seq[bidx, mention_pos]
+        ment = ment.to(torch.promote_types(ment.dtype, torch.float32))
         mask = mention_mask.unsqueeze(-1)
         # A finite fill (not -inf) keeps the backward pass NaN-free for entities with no mention left.
         h = torch.logsumexp(ment.masked_fill(~mask, torch.finfo(ment.dtype).min), dim=2)

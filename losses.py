@@ -24,7 +24,8 @@ def at_loss(logits, labels):
     loss_pos = -(F.log_softmax(pos_logits, dim=-1) * labels).sum(-1)
     neg_logits = logits.masked_fill(labels == 1, very_negative)
     loss_th = -(F.log_softmax(neg_logits, dim=-1) * th).sum(-1)
-    return (loss_pos + loss_th).mean()
+    # sum / count rather than mean: a batch with no scored pair gives 0, not NaN
+    return (loss_pos + loss_th).sum() / max(1, logits.size(0))
 
 
 def get_label(logits, num_labels=-1):

@@ -88,7 +88,7 @@ class DocREModel(nn.Module):
         if not self.freeze_base:
             # The paper keeps L_R on the base module in stage 2 ("in addition to L_R"), as does the authors' code.
             out["base"] = at_loss(logits0[scored], labels[scored])
-        if self.predictor is not None:
+        if self.predictor is not None and len(doc) > 1:  # BatchNorm needs two pairs or more
             noisy_b, _ = inject_noise(pred0, doc, self.noise_max, C, gold)  # R-hat_0^(0)
             # The second view swaps the inputs: (R-hat, F_0) through the same module (Fig. 4).
             f_b, r_b = self.inference.encode(self.inference.rel_emb(noisy_b), f0, pair_mask)

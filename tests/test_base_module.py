@@ -1,0 +1,281 @@
+"""Tests for base_module.py (paper Section 2.1): shapes, masking, padding invariance, entity pooling,
+Eq. (1) localized context, Eq. (2)-(3) pair features, and the long-document encoder. Tiny random BERT only."""
+import itertools
+
+import pytest
+import torch
+import transformers
+
+import base_module
+from base_module import BaseModule, LongEncoder
+from losses import at_loss
+from utils import collate_fn
+
+CLS, SEP, STAR = 1, 2, 3
+NUM_CLASS = 4
+
+
+def tiny_encoder(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return base_module.encoder_from_config(cfg).eval()
+
+
+def make_feature(title, length, entity_pos, rels=None, seed=0):
+    """A prepro-style feature: [CLS] random tokens [SEP], '*' markers at the given (start, end) spans."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 100, (length,), generator=g).tolist()
+    ids[0], ids[-1] = CLS, SEP
+    for mentions in entity_pos:
+        for s, e in mentions:
+            ids[s] = STAR
+            if e < length - 1:
+                ids[e] = STAR
+    n = len(entity_pos)
+    hts = [[s, o] for s, o in itertools.permutations(range(n), 2)]
+    rels = rels or {}
+    return {"title": title, "input_ids": ids, "entity_pos": entity_pos,
+            "mention_sent": [[0] * len(m) for m in entity_pos], "hts": hts,
+            "labels": [rels.get((s, o), []) for s, o in hts], "num_entities": n, "num_class": NUM_CLASS}
+
+
+def docs():
+    a = make_feature("A", 12, [[(1, 3), (6, 8)], [(3, 5)], [(8, 10)]], {(0, 1): [1], (2, 0): [2, 3]}, seed=1)
+    b = make_feature("B", 30, [[(1, 3)], [(4, 6), (10, 12), (20, 22)], [(13, 15)], [(16, 18), (24, 26)]],
+                     {(1, 3): [2]}, seed=2)
+    c = make_feature("C", 8, [[(1, 3)], [(4, 6)]], seed=3)
+    return [a, b, c]
+
+
+def run_base(base, batch):
+    return base(batch["input_ids"], batch["attention_mask"], batch["mention_pos"], batch["mention_mask"],
+                batch["pair_mask"])
+
+
+def make_base(emb_size=24, seed=0):
+    enc = tiny_encoder(seed)
+    torch.manual_seed(seed + 100)
+    return BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=emb_size).eval()
+
+
+def test_shapes_and_masks():
+    base = make_base()
+    feats = docs()
+    batch = collate_fn(feats)
+    assert batch["pair_mask"].shape == (3, 4, 4)
+    P = int(batch["pair_mask"].sum())
+    assert P == 3 * 2 + 4 * 3 + 2 * 1
+    # pair_mask: real entities only, never s = o
+    for b, f in enumerate(feats):
+        n = f["num_entities"]
+        for s in range(4):
+            for o in range(4):
+                assert bool(batch["pair_mask"][b, s, o]) == (s < n and o < n and s != o)
+    # mention mask counts the mentions per entity
+    assert batch["mention_mask"][1].sum(-1).tolist() == [1, 3, 1, 2]
+    assert batch["mention_pos"][1, 1].tolist() == [4, 10, 20]
+    with torch.no_grad():
+        f, logits = run_base(base, batch)
+    assert f.shape == (P, 24)
+    assert logits.shape == (P, NUM_CLASS)
+    assert torch.isfinite(f).all() and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, base.classifier(f))
+
+
+def test_padding_invariance_float64():
+    base = make_base().double()
+    feats = docs()
+    with torch.no_grad():
+        f_all, l_all = run_base(base, collate_fn(feats))
+        f_rev, l_rev = run_base(base, collate_fn(feats[::-1]))
+        start = 0
+        alone = []
+        for feat in feats:
+            f1, l1 = run_base(base, collate_fn([feat]))
+            alone.append((f1, l1))
+            n = f1.size(0)
+            torch.testing.assert_close(f_all[start:start + n], f1, atol=1e-6, rtol=0)
+            torch.testing.assert_close(l_all[start:start + n], l1, atol=1e-6, rtol=0)
+            start += n
+        assert start == f_all.size(0)
+        # reversed batch order: the packed rows follow the documents
+        rev = torch.cat([a[0] for a in alone[::-1]])
+        torch.testing.assert_close(f_rev, rev, atol=1e-6, rtol=0)
+    assert f_all.dtype == torch.float64
+
+
+def test_entity_embedding_is_logsumexp_over_start_markers():
+    base = make_base().double()
+    feats = docs()
+    batch = collate_fn(feats)
+    with torch.no_grad():
+        seq, att = base.encoder(batch["input_ids"], batch["attention_mask"])
+        h, A = base.pool_entities(seq, att, batch["mention_pos"], batch["mention_mask"])
+    assert h.shape == (3, 4, 32) and A.shape == (3, 4, 4, seq.size(1))
+    assert h.dtype == torch.float64
+    for b, f in enumerate(feats):
+        for e in range(4):
+            if e >= f["num_entities"]:
+                assert h[b, e].abs().max() == 0 and A[b, e].abs().max() == 0  # padded entity
+                continue
+            starts = [s for s, _ in f["entity_pos"][e]]
+            ref_h = torch.logsumexp(seq[b, starts], dim=0)
+            ref_A = att[b, :, starts, :].mean(1)  # mean over mentions, per head
+            torch.testing.assert_close(h[b, e], ref_h, atol=1e-10, rtol=0)
+            torch.testing.assert_close(A[b, e], ref_A, atol=1e-10, rtol=0)
+
+
+def test_entity_without_mentions_gets_zeros_and_no_nan():
+    base = make_base().train()  # dropout is 0 in the tiny config; train mode for gradients
+    feat = make_feature("T", 14, [[(1, 3)], [], [(5, 7), (9, 11)]], {(0, 2): [1]}, seed=5)
+    other = make_feature("U", 10, [[(1, 3)], [(4, 6)]], seed=6)
+    batch = collate_fn([feat, other])
+    assert not batch["mention_mask"][0, 1].any()
+    seq, att = base.encoder(batch["input_ids"], batch["attention_mask"])
+    h, A = base.pool_entities(seq, att, batch["mention_pos"], batch["mention_mask"])
+    assert h[0, 1].abs().max() == 0 and A[0, 1].abs().max() == 0
+    f, logits = run_base(base, batch)
+    assert torch.isfinite(f).all() and torch.isfinite(logits).all()
+    labels = batch["labels"][batch["pair_mask"]]
+    (at_loss(logits, labels) + h.sum()).backward()
+    grads = [p.grad for p in base.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert base.encoder.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    # localized context of a pair with the mention-less entity is zero: c = 0 / (0 + 1e-5)
+    c = BaseModule.localized_context(seq, A, batch["pair_mask"])
+    packed = batch["pair_mask"].nonzero().tolist()
+    for p, (b, s, o) in enumerate(packed):
+        if b == 0 and 1 in (s, o):
+            assert c[p].abs().max() == 0
+
+
+def test_localized_context_eq1_against_per_pair_reference():
+    torch.manual_seed(3)
+    B, N, H, L, d = 2, 4, 3, 9, 5
+    seq = torch.randn(B, L, d, dtype=torch.float64)
+    A = torch.softmax(torch.randn(B, N, H, L, dtype=torch.float64), dim=-1)
+    A[1, 3] = 0.0  # a padded / mention-less entity
+    ent = torch.tensor([[True] * 4, [True, True, True, False]])
+    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
+    c = BaseModule.localized_context(seq, A, pair_mask)
+    refs = []
+    for b, s, o in pair_mask.nonzero().tolist():
+        a = (A[b, s] * A[b, o]).mean(0)  # mean over heads of A_s o A_o: [L]
+        a = a / (a.sum() + 1e-5)
+        refs.append(a @ seq[b])  # c_so = H^T a
+    ref = torch.stack(refs)
+    assert c.shape == (int(pair_mask.sum()), d)
+    torch.testing.assert_close(c, ref, atol=1e-6, rtol=0)
+
+
+def test_pair_features_eq2_eq3_against_full_concatenation():
+    base = make_base(emb_size=24).double()
+    torch.manual_seed(4)
+    B, N, d = 2, 3, 32
+    h = torch.randn(B, N, d, dtype=torch.float64)
+    ent = torch.tensor([[True] * 3, [True, True, False]])
+    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
+    P = int(pair_mask.sum())
+    c = torch.randn(P, d, dtype=torch.float64)
+    with torch.no_grad():
+        out = base.pair_features(h, c, pair_mask)
+        refs = []
+        for p, (b, s, o) in enumerate(pair_mask.nonzero().tolist()):
+            zs = torch.tanh(base.head_extractor(torch.cat([h[b, s], c[p]])))  # tanh(W_s [h(e_s), c_so])
+            zo = torch.tanh(base.tail_extractor(torch.cat([h[b, o], c[p]])))  # tanh(W_o [h(e_o), c_so])
+            refs.append(base.pair_fnn(torch.cat([zs, zo])))  # FNN([., .])
+    assert out.shape == (P, 24)
+    torch.testing.assert_close(out, torch.stack(refs), atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------- LongEncoder
+def test_long_encoder_short_batch_is_plain_encoder():
+    enc = tiny_encoder(7)
+    le = LongEncoder(enc, [CLS], [SEP], window=16)
+    ids = torch.randint(4, 100, (2, 14))
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, 10:] = 0
+    with torch.no_grad():
+        seq, att = le(ids, mask)
+        out = enc(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert torch.equal(seq, out.last_hidden_state)
+    assert torch.equal(att, out.attentions[-1])
+
+
+def test_long_encoder_two_windows_against_reference():
+    enc = tiny_encoder(8).double()
+    W, T, Ts = 16, 24, 10
+    le = LongEncoder(enc, [CLS], [SEP], window=W)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 100, (2, T), generator=g)
+    ids[:, 0] = CLS
+    ids[0, T - 1] = SEP
+    ids[1, Ts - 1] = SEP
+    ids[1, Ts:] = 0
+    mask = torch.zeros(2, T, dtype=torch.long)
+    mask[0] = 1
+    mask[1, :Ts] = 1
+    with torch.no_grad():
+        seq, att = le(ids, mask)
+
+        def run(x):
+            o = enc(input_ids=x[None], attention_mask=torch.ones(1, x.numel(), dtype=torch.long),
+                    output_attentions=True)
+            return o.last_hidden_state[0], o.attentions[-1][0]
+
+        # window 1: tokens [0, W-1) + [SEP]; window 2: [CLS] + tokens [T-W+1, T)
+        s1, a1 = run(torch.cat([ids[0, :W - 1], torch.tensor([SEP])]))
+        s2, a2 = run(torch.cat([torch.tensor([CLS]), ids[0, T - W + 1:]]))
+        short, short_att = run(ids[1, :Ts])
+    d = seq.size(-1)
+    assert seq.shape == (2, T, d) and att.shape == (2, 4, T, T)
+    off = T - W + 1  # first document position covered by window 2 (= 9)
+    ref = torch.zeros(T, d, dtype=torch.float64)
+    cnt = torch.zeros(T, 1, dtype=torch.float64)
+    ref[:W - 1] += s1[:W - 1]
+    cnt[:W - 1] += 1
+    ref[off:] += s2[1:]
+    cnt[off:] += 1
+    ref = ref / cnt
+    torch.testing.assert_close(seq[0], ref, atol=1e-10, rtol=0)
+    # positions seen by one window only keep that window's state
+    torch.testing.assert_close(seq[0, :off], s1[:off], atol=1e-10, rtol=0)
+    torch.testing.assert_close(seq[0, W - 1:], s2[W - off:], atol=1e-10, rtol=0)
+    ra = torch.zeros(4, T, T, dtype=torch.float64)
+    ra[:, :W - 1, :W - 1] += a1[:, :W - 1, :W - 1]
+    ra[:, off:, off:] += a2[:, 1:, 1:]
+    ra = ra / ra.sum(-1, keepdim=True)
+    torch.testing.assert_close(att[0], ra, atol=1e-10, rtol=0)
+    torch.testing.assert_close(att[0].sum(-1), torch.ones(4, T, dtype=torch.float64), atol=1e-8, rtol=0)
+    # the short document of the batch: the plain encoder output on its real tokens (padding states, as
+    # in the plain encoder, are whatever the encoder gives and are never read); real tokens never
+    # attend to padding
+    torch.testing.assert_close(seq[1, :Ts], short, atol=1e-10, rtol=0)
+    torch.testing.assert_close(att[1, :, :Ts, :Ts], short_att, atol=1e-10, rtol=0)
+    assert att[1, :, :Ts, Ts:].abs().max() == 0
+    assert seq[1, W:].abs().max() == 0 and att[1, :, W:].abs().max() == 0  # beyond the window: zero fill
+    torch.testing.assert_close(att[1, :, :Ts].sum(-1), torch.ones(4, Ts, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+def test_base_module_on_long_document_end_to_end():
+    enc = tiny_encoder(9)
+    base = BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, window=16).eval()
+    long = make_feature("L", 24, [[(1, 3), (18, 20)], [(5, 7)], [(12, 14), (21, 23)]], seed=9)
+    short = make_feature("S", 10, [[(1, 3)], [(5, 7)]], seed=10)
+    with torch.no_grad():
+        f, logits = run_base(base, collate_fn([long, short]))
+        f_short, _ = run_base(base, collate_fn([short]))
+    assert f.shape == (6 + 2, 24) and logits.shape == (8, NUM_CLASS)
+    assert torch.isfinite(f).all()
+    torch.testing.assert_close(f[6:], f_short, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type,expected", [("bert", 64), ("roberta", 62)])
+def test_default_window_from_position_limit(model_type, expected):
+    enc = tiny_encoder(0)
+    enc.config.model_type = model_type
+    base = BaseModule(enc, [CLS], [SEP], NUM_CLASS)
+    assert base.encoder.window == expected
+    assert base.emb_size == 32
