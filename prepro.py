@@ -243,6 +243,13 @@ def _docred_features(raw, path, tokenizer, rel2id, max_seq_length):
     if not data:
         raise utils.DataError(f"{path}: no documents (empty list)")
     docs = [_parse_docred_doc(doc, i, path, rel2id) for i, doc in enumerate(data)]
+    # Predictions and gold facts are matched by title: two documents with one title are ambiguous.
+    first = {}
+    for i, doc in enumerate(docs):
+        j = first.setdefault(doc["title"], i)
+        if j != i:
+            raise utils.DataError(f"{path}: documents {j} and {i} have the same title "
+                                  f"{json.dumps(doc['title'], ensure_ascii=False)}")
     return _featurize(docs, tokenizer, max_seq_length, path)
 
 

@@ -2,6 +2,11 @@
 
 Reads top to bottom: flags -> data -> model -> optimiser per stage -> epoch loop (train, evaluate,
 checkpoint) -> final predictions. One process, or one per GPU under torchrun (DistributedDataParallel).
+
+Continue an interrupted run (SIGINT/SIGTERM save last.pt): python train.py --resume SAVE_PATH
+Predict new DocRED-format documents (no labels needed) with a trained checkpoint; writes OUT/result.json and a
+readable OUT/predictions.json (title, head/tail entity names, relation id and name, score):
+  python train.py --evaluate_only --load_path CKPT --dev_file '' --test_file NEW.json --save_path OUT
 """
 import argparse
 import contextlib
@@ -35,6 +40,9 @@ from utils import DataError, UsageError, atomic_write_bytes, atomic_write_json, 
 BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "rel2id")
 INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
                   "contrastive")
+# Test hook (tests/test_reliability.py): seconds to sleep after every optimiser step, so that a test can
+# send SIGTERM/SIGINT while an epoch is under way. Unset (0) in normal use.
+TEST_SLEEP_PER_STEP = float(os.environ.get("DOCRE_TEST_SLEEP_PER_STEP") or 0)
 OUTPUTS = ("metrics.jsonl", "best.pt", "last.pt", "result.json", "dev_result.json", "predictions.json")
 
 
@@ -133,14 +141,21 @@ def validate_args(args):
 
 # ---------------------------------------------------------------- distributed set-up
 def init_distributed(args):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/PORT); NCCL on CUDA, gloo on CPU.
+
+    Rank 0 evaluates, checkpoints and writes the final predictions while the other ranks wait in a
+    collective, so the collective timeout must outlast the longest of these: DOCRE_DIST_TIMEOUT_MIN
+    minutes (default 120; torch's defaults, 10 min NCCL / 30 min gloo, are too short for a CPU evaluation).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if world > 1:
+        import datetime
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        minutes = float(os.environ.get("DOCRE_DIST_TIMEOUT_MIN") or 120)
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
         device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
         return device, dist.get_rank(), world
     return torch.device("cuda" if use_cuda else "cpu"), 0, 1
@@ -148,7 +163,10 @@ def init_distributed(args):
 
 def barrier(world):
     if world > 1:
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # name the device: NCCL would otherwise guess it from the rank
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 # ---------------------------------------------------------------- data
@@ -160,17 +178,39 @@ def load_split(args, name, tokenizer, rel2id, limit):
     path = data_path(args, name)
     if not os.path.isfile(path):
         raise UsageError(f"data file not found: {path} (see dataset/README.md)")
+    if args.dataset != "docred" and _looks_like_json(path):
+        raise DataError(f"{path}: looks like DocRED-format JSON, not a {args.dataset.upper()} .data file "
+                        f"(use --dataset docred for DocRED-format files)")
     feats = prepro.load_features(path, args.dataset, tokenizer, args.max_seq_length,
                                  rel2id=rel2id if args.dataset == "docred" else None, cache_dir=args.cache_dir)
-    return path, (feats[:limit] if limit else feats)
+    feats = feats[:limit] if limit else feats
+    # Documents with fewer than 2 entities have no pair to classify: they get no predictions (and are left
+    # out of training); a file with no pair at all is an error.
+    empty = [f["title"] for f in feats if not f["hts"]]
+    if empty and len(empty) == len(feats):
+        raise DataError(f"{path}: no document has an entity pair (every document has fewer than 2 entities)")
+    if empty:
+        shown = ", ".join(repr(t) for t in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"warning: {path}: {len(empty)} document(s) with fewer than 2 entities get no pairs and no "
+              f"predictions: {shown}", file=sys.stderr)
+    return path, feats
+
+
+def _looks_like_json(path):
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    return head[:1] in (b"[", b"{")
 
 
 def train_loader(features, args, rank, world, epoch_key):
     """DistributedSampler (also with one process) gives a per-epoch permutation seeded by seed + epoch_key."""
     sampler = DistributedSampler(features, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     sampler.set_epoch(epoch_key)
+    # Its own generator: creating an iterator then draws no number from the global torch RNG, so a resumed
+    # epoch (a new iterator, then the restored RNG state) sees the same random numbers as an uninterrupted one.
+    generator = torch.Generator().manual_seed(args.seed + epoch_key)
     return DataLoader(features, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
-                      num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
+                      num_workers=args.num_workers, pin_memory=torch.cuda.is_available(), generator=generator)
 
 
 # ---------------------------------------------------------------- model
@@ -208,10 +248,15 @@ def param_groups(model, args, stage):
 
 
 def set_trainable(model, groups):
-    """Only the parameters being optimised require grad, so DDP never waits for a gradient that is not coming."""
+    """Only the parameters being optimised, and reached by the stage's loss, require grad, so that DDP
+    (find_unused_parameters=False) never waits for a gradient that is not coming. The encoder's pooler
+    (HF BERT/RoBERTa compute it; nothing here reads it) never gets one: it stays in the optimiser, which
+    skips parameters without a gradient, so a single process trains exactly as before."""
     live = {id(p) for g in groups for p in g["params"]}
+    pooler = getattr(model.base.encoder.encoder, "pooler", None)
+    dead = {id(p) for p in pooler.parameters()} if pooler is not None else set()
     for p in model.parameters():
-        p.requires_grad_(id(p) in live)
+        p.requires_grad_(id(p) in live and id(p) not in dead)
 
 
 def linear_schedule(optimizer, total_steps, warmup_ratio):
@@ -240,6 +285,17 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_rng(saved, rank, world, reseed):
+    """``saved``: last.pt's "rng", one state per rank (a list) from a DDP run, a dict from one process.
+    With the world size that saved it every rank continues its own stream; with another one the streams
+    cannot be matched to ranks, so every rank starts a new one from ``reseed + rank``."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == world:
+        set_rng_state(states[rank])
+    else:
+        set_seed(reseed + rank)
 
 
 def save_checkpoint(path, obj):
@@ -357,15 +413,37 @@ class StopRequested(Exception):
     """SIGINT/SIGTERM arrived: last.pt was saved at a step boundary."""
 
 
+class NonFiniteError(RuntimeError):
+    """Too many non-finite steps in a row: the run stops with exit status 1."""
+
+
 class Trainer:
     def __init__(self, args, model, device, rank, world, features, evaluator, save_path):
         self.args, self.model, self.device, self.rank, self.world = args, model, device, rank, world
         self.features, self.evaluator, self.save_path = features, evaluator, save_path
         self.stop_signal = None
+        self.stopping = False  # a stop all ranks agreed on (see agree_stop)
         self.wandb = None
 
     def on_signal(self, signum, _frame):
         self.stop_signal = signum
+
+    def agree_stop(self):
+        """Whether to stop now, the same answer on every rank: a collective, so every rank calls it at the same
+        point. A signal can reach the ranks at different steps (or only one rank): the MAX over the ranks'
+        signal numbers decides. train_step agrees the same way, folded into its all-reduce of the bad flag."""
+        signum = float(self.stop_signal or 0)
+        if self.world > 1:
+            t = torch.tensor([signum], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            signum = float(t.item())
+        self._set_stop(int(signum))
+        return self.stopping
+
+    def _set_stop(self, signum):
+        self.stopping = signum > 0
+        if self.stopping:
+            self.stop_signal = signum
 
     def save_last(self, state):
         if self.rank == 0:
@@ -381,23 +459,47 @@ class Trainer:
         steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
         scheduler = linear_schedule(optimizer, max(1, steps_per_epoch * epochs), args.warmup_ratio)
         scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+        if self.world > 1 and self.device.type == "cuda":
+            # The predictor's BatchNorm (stage 2) normalises over the pairs of all ranks, as one big batch would.
+            # SyncBatchNorm needs CUDA: with gloo on CPU each rank normalises its own pairs.
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # A new DDP per stage: it registers exactly the parameters set_trainable left trainable, and its
+        # constructor broadcasts rank 0's parameters and buffers (e.g. best_stage1.pt, loaded on rank 0 only).
         net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if self.world > 1 else model
         start_epoch, skip, best = 0, 0, -1.0
         loss_sum = {}
         global_step = 0
         if resume is not None:
+            saved_world = resume.get("world_size", 1)
+            if saved_world != self.world and resume["step_in_epoch"]:
+                raise UsageError(f"last.pt was saved mid-epoch by a run with world size {saved_world}: resume it "
+                                 f"with {saved_world} processes (this run has {self.world})")
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             scaler.load_state_dict(resume["scaler"])
             start_epoch, skip, best = resume["epoch"], resume["step_in_epoch"], resume["best"]
+            self.skipped = resume.get("skipped_steps", 0) if skip else 0
             loss_sum = {k: torch.tensor(v, device=self.device) for k, v in resume["loss_sum"].items()}
             global_step = resume["global_step"]
-            set_rng_state(resume["rng"][self.rank] if isinstance(resume["rng"], list) else resume["rng"])
+            restore_rng(resume["rng"], self.rank, self.world, args.seed + 1000 * stage + start_epoch)
+            if saved_world != self.world:
+                # At an epoch boundary with another world size: the per-rank batches and steps per epoch change
+                # (the global batch is train_batch_size x world x accumulation); map the LR schedule onto them.
+                scheduler.last_epoch = global_step = start_epoch * steps_per_epoch
+                for g, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                    g["lr"] = base_lr * factor(global_step)
+                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+                if self.rank == 0:
+                    print(f"resuming a world-size-{saved_world} run with {self.world} processes: global batch "
+                          f"{args.train_batch_size * self.world * args.gradient_accumulation_steps}, "
+                          f"{steps_per_epoch} steps per epoch, new RNG streams", file=sys.stderr)
         for epoch in range(start_epoch, epochs):
             loader = train_loader(self.features, args, self.rank, self.world, 1000 * stage + epoch)
             model.train()
-            bad_in_row, skipped = 0, 0
+            bad_in_row = 0
+            if skip == 0:
+                self.skipped = 0  # non-finite steps skipped in this epoch (kept in last.pt mid-epoch)
             if skip == 0:
                 loss_sum = {}
             it = iter(loader)
@@ -414,11 +516,14 @@ class Trainer:
                     group.append(next(it))
                     batches_done += 1
                 step_losses, bad = self.train_step(net, group, stage, optimizer, scaler)
+                if TEST_SLEEP_PER_STEP:
+                    time.sleep(TEST_SLEEP_PER_STEP)
                 if bad:
                     bad_in_row += 1
-                    skipped += 1
+                    self.skipped += 1
                     if bad_in_row >= args.max_bad_steps:
-                        raise RuntimeError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a row; "
+                        bar.close()
+                        raise NonFiniteError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a row; "
                                            f"stopping (last.pt holds the state before them)")
                 else:
                     bad_in_row = 0
@@ -433,15 +538,16 @@ class Trainer:
                     bar.set_postfix(loss=f"{running.get('loss', float('nan')):.4f}")
                     if self.wandb:
                         self.wandb.log({f"train/{k}": v for k, v in running.items()}, step=global_step)
-                if self.stop_signal is not None and batches_done < batches:
+                if self.stopping and batches_done < batches:  # agreed in train_step
                     self.save_last(self.state(model, optimizer, scheduler, scaler, stage, epoch, batches_done, best,
                                               loss_sum, global_step))
+                    bar.close()  # so that the stop message gets a line of its own
                     raise StopRequested()
             bar.close()
             train_time = time.time() - t0
             steps = float(loss_sum.get("steps", 0.0)) or 1.0
             line = {"stage": stage, "epoch": epoch, "step": global_step,
-                    "lr": [g["lr"] for g in optimizer.param_groups], "skipped_steps": skipped}
+                    "lr": [g["lr"] for g in optimizer.param_groups], "skipped_steps": self.skipped}
             line.update({f"train_{k}": round(float(v) / steps, 6) for k, v in loss_sum.items() if k != "steps"})
             if self.rank == 0:
                 best = self.evaluator.after_epoch(model, stage, line, best, train_time)
@@ -452,7 +558,7 @@ class Trainer:
                 best = float(best_t.item())
             skip = 0
             self.save_last(self.state(model, optimizer, scheduler, scaler, stage, epoch + 1, 0, best, {}, global_step))
-            if self.stop_signal is not None and epoch + 1 < epochs:
+            if self.agree_stop() and epoch + 1 < epochs:
                 raise StopRequested()
         return best
 
@@ -484,9 +590,13 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         bad = (~torch.isfinite(norm) | ~torch.isfinite(sums["loss"])).float()
+        # One MAX all-reduce makes the ranks agree on (skip this step, stop after it: the signal number).
+        flags = torch.stack([bad, torch.tensor(float(self.stop_signal or 0), device=bad.device)])
         if self.world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        is_bad = bool(bad.item())  # the one host sync per optimiser step: needed to skip a bad step
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        is_bad, signum = flags.tolist()  # the one host sync per optimiser step: needed to skip a bad step
+        is_bad = bool(is_bad)
+        self._set_stop(int(signum))
         if is_bad:
             optimizer.zero_grad(set_to_none=True)
             scaler.update()
@@ -508,6 +618,7 @@ class Trainer:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                 "stage": stage, "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best,
+                "skipped_steps": getattr(self, "skipped", 0),
                 "loss_sum": {k: float(v) for k, v in loss_sum.items()}, "global_step": global_step,
                 "args": vars(self.args), "world_size": self.world}
 
@@ -595,6 +706,9 @@ def main(argv=None):
         ckpt = load_checkpoint(args.load_path)
         keys = BASE_KEYS + (INFERENCE_KEYS if args.evaluate_only else ())
         adopt_checkpoint_args(args, ckpt, keys, args.load_path)
+        if args.evaluate_only and args.num_iterations == parse_args([]).num_iterations:
+            # K of the run that wrote the checkpoint (its stored dev scores), unless asked for another K
+            args.num_iterations = ckpt["args"].get("num_iterations", args.num_iterations)
         if args.evaluate_only and args.save_path == parse_args([]).save_path:
             args.save_path = os.path.join(os.path.dirname(os.path.abspath(args.load_path)), "eval")
         if args.evaluate_only and ckpt.get("stage") == 1 and args.num_iterations:
@@ -615,6 +729,9 @@ def main(argv=None):
                 if os.path.exists(os.path.join(args.save_path, name)):
                     os.remove(os.path.join(args.save_path, name))
     # None = the bundled encoder; checkpoints record None so that they load on any machine.
+    name = args.model_name_or_path
+    if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
+        raise UsageError(f"--model_name_or_path {name}: no such model folder")
     tokenizer = prepro.load_tokenizer(args.model_name_or_path or default_model_path(), args.transformer_type)
     rel2id = prepro.load_rel2id(args.rel2id) if args.dataset == "docred" else {"Na": 0, "1": 1}
     id2rel = {v: k for k, v in rel2id.items()}
@@ -628,6 +745,9 @@ def main(argv=None):
 
     dev_path, dev = (load_split(args, args.dev_file, tokenizer, rel2id, args.max_eval_docs)
                      if args.dev_file else (None, []))
+    # The test file is read (and checked) now, not after hours of training.
+    test_path, test = (load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs)
+                       if args.test_file else (None, []))
     gold = evaluation.load_docs(dev_path) if (dev_path and args.dataset == "docred") else None
     train_path = data_path(args, args.train_file) if args.train_file else None
     train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
@@ -637,6 +757,7 @@ def main(argv=None):
 
     if not args.evaluate_only:
         _, train = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
+        train = [f for f in train if f["hts"]]  # documents without pairs add nothing to the loss
         if train_docs is not None and args.max_train_docs:
             train_docs = train_docs[:args.max_train_docs]
         if rank == 0:
@@ -648,25 +769,27 @@ def main(argv=None):
         evaluator = Evaluator(args, device, dev, gold, train_docs, id2rel, args.save_path, wandb_run)
         trainer = Trainer(args, model, device, rank, world, train, evaluator, args.save_path)
         trainer.wandb = wandb_run
-        signal.signal(signal.SIGINT, trainer.on_signal)
-        signal.signal(signal.SIGTERM, trainer.on_signal)
+        previous_handlers = {sig: signal.signal(sig, trainer.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         stages = ([] if args.skip_stage1 or (args.load_path and not args.resume) else [1]) + [2]
         if ckpt is not None and args.resume:
             stages = [s for s in stages if s >= ckpt["stage"]]
         stages = [s for s in stages if (args.stage1_epochs if s == 1 else args.stage2_epochs) > 0]
-        if not stages:
-            raise UsageError("nothing to train: --stage1_epochs and --stage2_epochs are both 0")
         try:
+            if not stages:
+                raise UsageError("nothing to train: --stage1_epochs and --stage2_epochs are both 0")
             for stage in stages:
                 epochs = args.stage1_epochs if stage == 1 else args.stage2_epochs
                 resume = ckpt if (args.resume and ckpt["stage"] == stage) else None
                 if resume is None or resume["epoch"] < epochs:
                     trainer.run_stage(stage, epochs, resume)
+                else:  # stopped after the stage's last epoch: continue with the RNG state of that moment
+                    restore_rng(resume["rng"], rank, world, args.seed + 1000 * stage + epochs)
                 barrier(world)
-                if trainer.stop_signal is not None:
+                if trainer.agree_stop():  # a collective: all ranks stop here, or none
                     raise StopRequested()
-                if stage == 1 and args.stage2_epochs > 0:
-                    # Stage 2 starts from the best stage-1 weights, as the authors do.
+                if stage == 1 and args.stage2_epochs > 0 and rank == 0:
+                    # Stage 2 starts from the best stage-1 weights, as the authors do. Rank 0 alone reads them
+                    # (other nodes need not see save_path): stage 2's DDP broadcasts them to the other ranks.
                     model.load_state_dict(load_checkpoint(os.path.join(args.save_path, "best_stage1.pt"))["model"])
                     model.to(device)
         except StopRequested:
@@ -675,16 +798,19 @@ def main(argv=None):
                 print(f"{name}: stopped; state saved to {os.path.join(args.save_path, 'last.pt')} "
                       f"(continue with: python train.py --resume {args.save_path})", file=sys.stderr)
             return 128 + trainer.stop_signal
-        best = load_checkpoint(os.path.join(args.save_path, "best.pt"))
-        model.load_state_dict(best["model"])
-        if best["stage"] == 1:
-            args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
+        finally:  # in-process callers (tests) get their own handlers back
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        if rank == 0:  # only rank 0 predicts
+            best = load_checkpoint(os.path.join(args.save_path, "best.pt"))
+            model.load_state_dict(best["model"])
+            if best["stage"] == 1:
+                args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
     if rank == 0:
         outputs = {}
         if dev:
             outputs["dev"] = write_predictions(args, model, device, dev, dev_path, "dev_", id2rel, train_docs)
         if args.test_file:
-            test_path, test = load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs)
             outputs["test"] = write_predictions(args, model, device, test, test_path, "", id2rel, train_docs)
         atomic_write_json(os.path.join(args.save_path, "eval_scores.json"), outputs, indent=1)
         print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
@@ -703,11 +829,12 @@ def cli(argv=None):
     except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        if "non-finite" in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # SIGINT outside the training loop (which saves last.pt instead)
+        print("error: interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

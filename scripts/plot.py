@@ -1,0 +1,95 @@
+"""Training curves and the paper's Figure 5 analysis, as PNG files.
+
+    python scripts/plot.py curves runs/x [runs/y ...] --out docs/curves.png
+    python scripts/plot.py weights --with runs/simsiam/best.pt --without runs/nocl/best.pt --out docs/fig5.png
+
+`curves`: train loss and dev F1 per epoch over both stages (stage 2 continues the x axis; its dev F1
+is the full model's, and the base module's F1 of the same epochs is drawn dashed).
+`weights` (Figure 5): mean absolute weight of the inference classifier W_c (Eq. 12) on the feature half
+[F_NI] and on the relation half [R_NI] of its input, for a run with and one without the contrastive loss.
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run):
+    path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def plot_curves(runs, out):
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 4))
+    for run in runs:
+        lines = read_metrics(run)
+        x = list(range(1, len(lines) + 1))
+        label = os.path.basename(os.path.normpath(run))
+        ax_loss.plot(x, [ln.get("train_loss", float("nan")) for ln in lines], marker="o", label=label)
+        (line,) = ax_f1.plot(x, [ln["dev"]["f1"] for ln in lines], marker="o", label=f"{label} (model)")
+        base = [(i, ln["dev_base"]["f1"]) for i, ln in zip(x, lines) if "dev_base" in ln]
+        if base:
+            ax_f1.plot(*zip(*base), linestyle="--", color=line.get_color(), label=f"{label} (base module)")
+        switch = [i for i, ln in zip(x, lines) if ln["stage"] == 2]
+        if switch:
+            for ax in (ax_loss, ax_f1):
+                ax.axvline(switch[0] - 0.5, color="grey", linewidth=0.8)
+    ax_loss.set(xlabel="epoch (stage 1, then stage 2)", ylabel="train loss", title="training loss")
+    ax_f1.set(xlabel="epoch (stage 1, then stage 2)", ylabel="dev F1 (%)", title="dev F1")
+    ax_loss.legend(fontsize=7)
+    ax_f1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def classifier_halves(checkpoint):
+    """Mean |W_c| over the F half and over the R half of the classifier input (Eq. 12)."""
+    import torch
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    w = state["inference.classifier.weight"]  # [C, 2D]
+    d = w.size(1) // 2
+    return float(w[:, :d].abs().mean()), float(w[:, d:].abs().mean())
+
+
+def plot_weights(with_cl, without_cl, out):
+    names = ["w/ contrastive", "w/o contrastive"]
+    halves = [classifier_halves(with_cl), classifier_halves(without_cl)]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [h[0] for h in halves], width=0.4, label="feature half (F)")
+    ax.bar([x + 0.2 for x in xs], [h[1] for h in halves], width=0.4, label="relation half (R)")
+    ax.set_xticks(list(xs), names)
+    ax.set(ylabel="mean |W_c|", title="classifier weight on [F_NI, R_NI] (Fig. 5)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return dict(zip(names, halves))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("curves")
+    c.add_argument("runs", nargs="+")
+    c.add_argument("--out", default="docs/curves.png")
+    w = sub.add_parser("weights")
+    w.add_argument("--with", dest="with_cl", required=True, help="best.pt of a run with the contrastive loss")
+    w.add_argument("--without", dest="without_cl", required=True, help="best.pt of a run without it")
+    w.add_argument("--out", default="docs/fig5_classifier_weights.png")
+    args = p.parse_args(argv)
+    if args.cmd == "curves":
+        plot_curves(args.runs, args.out)
+    else:
+        print(json.dumps(plot_weights(args.with_cl, args.without_cl, args.out)))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

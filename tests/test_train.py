@@ -1,0 +1,162 @@
+"""Tests for train.py (Issue 3): stage-1 and stage-2 CPU training on made-up documents with a tiny random
+BERT, the outputs of a run, --evaluate_only reproducing the stored dev scores, and stage 2 (plus the
+ablation flags) from a stage-1 checkpoint given with --load_path."""
+import json
+import os
+
+import pytest
+import torch
+
+import helpers
+import train
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with helpers.one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return {"root": root, "data": helpers.write_dataset(root / "data"), "model": helpers.tiny_model(root / "model"),
+            "cache": str(root / "cache")}
+
+
+def run(env, save, *extra, stage1=2, stage2=0, lr=None):
+    rc = train.cli(helpers.train_args(env["data"], env["model"], save, env["cache"], *extra,
+                                      stage1=stage1, stage2=stage2, lr=lr))
+    assert rc == 0
+    return save
+
+
+@pytest.fixture(scope="module")
+def stage1_run(env):
+    """2 stage-1 epochs (no stage 2) on 4 documents at a high learning rate."""
+    return run(env, env["root"] / "stage1", stage1=2, stage2=0, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def stage2_run(env):
+    """1 stage-1 epoch then 2 stage-2 epochs."""
+    return run(env, env["root"] / "stage12", stage1=1, stage2=2, lr=3e-3)
+
+
+def test_stage1_loss_falls_and_metrics(stage1_run):
+    lines = helpers.read_metrics(stage1_run)
+    assert [(m["stage"], m["epoch"]) for m in lines] == [(1, 0), (1, 1)]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert [m["step"] for m in lines] == [2, 4]  # 4 documents, batch 2
+    for m in lines:
+        assert m["skipped_steps"] == 0
+        assert set(m["dev"]) >= {"precision", "recall", "f1", "ign_f1"}
+        assert 0 <= m["dev"]["f1"] <= 100
+        assert m["dev"]["num_gold"] == 6  # 2 dev documents x 3 labelled pairs
+    assert lines[0]["best"] is True  # the first epoch always beats the initial -1
+
+
+def test_stage1_outputs(env, stage1_run):
+    for name in ("best.pt", "last.pt", "args.json", "result.json", "dev_result.json", "predictions.json",
+                 "eval_scores.json"):
+        assert os.path.isfile(stage1_run / name), name
+    saved = json.loads((stage1_run / "args.json").read_text())
+    assert saved["stage1_epochs"] == 2 and saved["seed"] == 7 and saved["inference_dim"] == 16
+    best = torch.load(stage1_run / "best.pt", weights_only=False)
+    assert best["stage"] == 1 and isinstance(best["dev"], dict) and "f1" in best["dev"]
+    last = torch.load(stage1_run / "last.pt", weights_only=False)
+    assert (last["stage"], last["epoch"], last["step_in_epoch"]) == (1, 2, 0)
+    result = json.loads((stage1_run / "result.json").read_text())
+    assert isinstance(result, list)
+    rel2id = json.load(open(os.path.join(helpers.ROOT, "meta", "rel2id.json")))
+    test_docs = json.load(open(env["data"]["test"]))
+    sizes = {d["title"]: len(d["vertexSet"]) for d in test_docs}
+    for entry in result:
+        assert set(entry) == {"title", "h_idx", "t_idx", "r"}
+        assert entry["title"] in sizes
+        assert entry["r"] in rel2id and entry["r"] != "Na"
+        assert 0 <= entry["h_idx"] < sizes[entry["title"]] and 0 <= entry["t_idx"] < sizes[entry["title"]]
+        assert entry["h_idx"] != entry["t_idx"]
+    rows = json.loads((stage1_run / "predictions.json").read_text())
+    assert sorted((r["title"], r["h_idx"], r["t_idx"], r["r"]) for r in rows) == \
+        sorted((e["title"], e["h_idx"], e["t_idx"], e["r"]) for e in result)
+
+
+def test_evaluate_only_reproduces_dev_stage1(env, stage1_run, capsys):
+    out = env["root"] / "eval1"
+    rc = train.cli(["--evaluate_only", "--load_path", str(stage1_run / "best.pt"), "--data_dir", env["data"]["dir"],
+                    "--dev_file", "dev.json", "--test_file", "test.json", "--save_path", str(out),
+                    "--cache_dir", env["cache"], "--test_batch_size", "4", "--device", "cpu"])
+    assert rc == 0
+    stored = torch.load(stage1_run / "best.pt", weights_only=False)["dev"]
+    scores = json.loads((out / "eval_scores.json").read_text())["dev"]
+    assert {k: round(v, 4) for k, v in scores.items()} == stored
+    assert "stage-1 checkpoint" in capsys.readouterr().out
+    # the test predictions of the evaluation equal those written at the end of training
+    assert json.loads((out / "result.json").read_text()) == json.loads((stage1_run / "result.json").read_text())
+
+
+def test_stage2_run(stage2_run):
+    lines = helpers.read_metrics(stage2_run)
+    assert [(m["stage"], m["epoch"]) for m in lines] == [(1, 0), (2, 0), (2, 1)]
+    for m in lines[1:]:
+        assert {"train_inference", "train_base", "train_contrastive", "train_loss"} <= set(m)
+        assert set(m["dev_by_k"]) == {"0", "1", "2"}  # --num_iterations 2
+        assert m["dev_base"]["f1"] == m["dev_by_k"]["0"]
+    best = torch.load(stage2_run / "best.pt", weights_only=False)
+    assert best["stage"] == 2
+    assert os.path.isfile(stage2_run / "best_stage1.pt")
+
+
+def test_evaluate_only_reproduces_dev_stage2(env, stage2_run, monkeypatch):
+    out = env["root"] / "eval2"
+    used = []
+    predict = train.predict
+    monkeypatch.setattr(train, "predict", lambda *a: used.append(a[-1]) or predict(*a))
+    rc = train.cli(["--evaluate_only", "--load_path", str(stage2_run / "best.pt"), "--data_dir", env["data"]["dir"],
+                    "--dev_file", "dev.json", "--test_file", "", "--save_path", str(out),
+                    "--cache_dir", env["cache"], "--test_batch_size", "4", "--device", "cpu"])
+    assert rc == 0
+    stored = torch.load(stage2_run / "best.pt", weights_only=False)["dev"]
+    scores = json.loads((out / "eval_scores.json").read_text())["dev"]
+    # --num_iterations is taken from the checkpoint (2) when not given
+    assert {k: round(v, 4) for k, v in scores.items()} == stored
+    assert not (out / "result.json").exists()  # --test_file ''
+    assert used == [2]
+
+
+@pytest.mark.parametrize("flags", [[], ["--no_fusion"], ["--eca", "full"], ["--contrastive", "none"]],
+                         ids=["default", "no_fusion", "eca_full", "contrastive_none"])
+def test_stage2_from_stage1_checkpoint(env, stage1_run, flags):
+    save = env["root"] / ("s2" + "_".join(f.strip("-") for f in flags))
+    ckpt = stage1_run / "best.pt"
+    # stage1_epochs keeps its default (30): only stage 2 may run. A zero base LR keeps the base module
+    # exactly as loaded, which shows the stage-1 weights were used.
+    args = helpers.train_args(env["data"], env["model"], save, env["cache"], "--load_path", str(ckpt),
+                              "--stage2_base_lr", "0", *flags, stage1=30, stage2=1)
+    assert train.cli(args) == 0
+    lines = helpers.read_metrics(save)
+    assert [(m["stage"], m["epoch"]) for m in lines] == [(2, 0)]
+    assert not (save / "best_stage1.pt").exists()
+    best = torch.load(save / "best.pt", weights_only=False)
+    assert best["stage"] == 2
+    stage1 = torch.load(ckpt, weights_only=False)["model"]
+    base = {k: v for k, v in best["model"].items() if k.startswith("base.")}
+    assert base.keys() == {k for k in stage1 if k.startswith("base.")}
+    assert all(torch.equal(v, stage1[k]) for k, v in base.items())
+    saved = best["args"]
+    assert saved["no_fusion"] == ("--no_fusion" in flags)
+    assert saved["eca"] == ("full" if "full" in flags else "eca")
+    assert saved["contrastive"] == ("none" if "none" in flags else "simsiam")
+    if "none" in flags:
+        assert "train_contrastive" not in lines[0]
+        assert not any(k.startswith("predictor.") for k in best["model"])
+    else:
+        assert "train_contrastive" in lines[0]
+    if "--no_fusion" in flags:
+        default = torch.load(env["root"] / "s2" / "best.pt", weights_only=False)["model"] \
+            if (env["root"] / "s2" / "best.pt").exists() else None
+        if default is not None:  # the fusion sub-layer's parameters are gone
+            assert set(best["model"]) < set(default)
