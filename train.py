@@ -10,6 +10,8 @@ readable OUT/predictions.json (title, head/tail entity names, relation id and na
 """
 import argparse
 import contextlib
+import datetime
+import io
 import json
 import math
 import os
@@ -150,7 +152,6 @@ def init_distributed(args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if world > 1:
-        import datetime
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
             torch.cuda.set_device(local_rank)
@@ -300,7 +301,6 @@ def restore_rng(saved, rank, world, reseed):
 
 def save_checkpoint(path, obj):
     """torch.save into memory, then an atomic rename: an interrupted write never leaves a torn file."""
-    import io
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -423,6 +423,7 @@ class Trainer:
         self.features, self.evaluator, self.save_path = features, evaluator, save_path
         self.stop_signal = None
         self.stopping = False  # a stop all ranks agreed on (see agree_stop)
+        self.skipped = 0  # non-finite steps skipped in the current epoch (kept in last.pt mid-epoch)
         self.wandb = None
 
     def on_signal(self, signum, _frame):
@@ -498,9 +499,8 @@ class Trainer:
             loader = train_loader(self.features, args, self.rank, self.world, 1000 * stage + epoch)
             model.train()
             bad_in_row = 0
-            if skip == 0:
-                self.skipped = 0  # non-finite steps skipped in this epoch (kept in last.pt mid-epoch)
-            if skip == 0:
+            if skip == 0:  # a new epoch (not a mid-epoch resume): fresh loss sums and skipped-step count
+                self.skipped = 0
                 loss_sum = {}
             it = iter(loader)
             batches_done = 0
@@ -618,7 +618,7 @@ class Trainer:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                 "stage": stage, "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best,
-                "skipped_steps": getattr(self, "skipped", 0),
+                "skipped_steps": self.skipped,
                 "loss_sum": {k: float(v) for k, v in loss_sum.items()}, "global_step": global_step,
                 "args": vars(self.args), "world_size": self.world}
 
@@ -670,9 +670,9 @@ def check_save_path(args, files):
                          f"--resume {args.save_path} to continue, or another --save_path")
 
 
-def write_predictions(args, model, device, features, path, name_prefix, id2rel, train_docs):
-    """Predict a split; score it when it has labels. Writes <prefix>result.json (and predictions.json for test)."""
-    docs = evaluation.load_docs(path) if args.dataset == "docred" else None
+def write_predictions(args, model, device, features, docs, name_prefix, id2rel, train_docs):
+    """Predict a split (``docs``: its DocRED-format documents, aligned with ``features``); score it when it
+    has labels. Writes <prefix>result.json, and predictions.json for the test split."""
     logits = predict(model, features, args, device, args.num_iterations)
     final = [lg[-1] for lg in logits]
     preds = [get_label(lg, args.num_labels).numpy() for lg in final]
@@ -682,8 +682,9 @@ def write_predictions(args, model, device, features, path, name_prefix, id2rel, 
         atomic_write_json(os.path.join(args.save_path, f"{name_prefix}result.json"), sub)
         if any(d.get("labels") for d in docs):
             result = evaluation.docred_scores(sub, docs, train_docs)
-        rel_names = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta", "rel_info.json")))
         if name_prefix == "":
+            with open(os.path.join(os.path.dirname(prepro.DEFAULT_REL2ID), "rel_info.json")) as fh:
+                rel_names = json.load(fh)
             rows = readable_predictions(features, logits, args, id2rel, rel_names, {d["title"]: d for d in docs})
             atomic_write_json(os.path.join(args.save_path, "predictions.json"), rows, indent=1)
     elif any(any(lab) for f in features for lab in f["labels"]):
@@ -748,12 +749,11 @@ def main(argv=None):
     # The test file is read (and checked) now, not after hours of training.
     test_path, test = (load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs)
                        if args.test_file else (None, []))
-    gold = evaluation.load_docs(dev_path) if (dev_path and args.dataset == "docred") else None
+    gold = evaluation.load_docs(dev_path)[:len(dev)] if (dev_path and args.dataset == "docred") else None
+    test_docs = evaluation.load_docs(test_path)[:len(test)] if (test_path and args.dataset == "docred") else None
     train_path = data_path(args, args.train_file) if args.train_file else None
     train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
                                                      and os.path.isfile(train_path)) else None
-    if gold is not None and args.max_eval_docs:
-        gold = gold[:args.max_eval_docs]
 
     if not args.evaluate_only:
         _, train = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
@@ -809,9 +809,9 @@ def main(argv=None):
     if rank == 0:
         outputs = {}
         if dev:
-            outputs["dev"] = write_predictions(args, model, device, dev, dev_path, "dev_", id2rel, train_docs)
+            outputs["dev"] = write_predictions(args, model, device, dev, gold, "dev_", id2rel, train_docs)
         if args.test_file:
-            outputs["test"] = write_predictions(args, model, device, test, test_path, "", id2rel, train_docs)
+            outputs["test"] = write_predictions(args, model, device, test, test_docs, "", id2rel, train_docs)
         atomic_write_json(os.path.join(args.save_path, "eval_scores.json"), outputs, indent=1)
         print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
                                   ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
