@@ -129,3 +129,25 @@ def run_train(args, env=None, timeout=300):
 def read_metrics(save):
     with open(Path(save) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f]
+
+
+def make_feature(title, length, entity_pos, num_class, rels=None, seed=0, cls=1, sep=2, star=3):
+    """A prepro-style feature without a tokenizer: [CLS] random ids [SEP], '*' ids at the (start, end)
+    marker positions of every mention, all ordered entity pairs, labels from ``rels`` {(s, o): [ids]}."""
+    import itertools
+
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 100, (length,), generator=g).tolist()
+    ids[0], ids[-1] = cls, sep
+    for mentions in entity_pos:
+        for s, e in mentions:
+            ids[s] = star
+            if e < length - 1:
+                ids[e] = star
+    n = len(entity_pos)
+    hts = [[s, o] for s, o in itertools.permutations(range(n), 2)]
+    rels = rels or {}
+    return {"title": title, "input_ids": ids, "entity_pos": entity_pos,
+            "mention_sent": [[0] * len(m) for m in entity_pos], "hts": hts,
+            "labels": [rels.get((s, o), []) for s, o in hts], "num_entities": n, "num_class": num_class}

@@ -1,10 +1,11 @@
 """Tests for base_module.py (paper Section 2.1): shapes, masking, padding invariance, entity pooling,
 Eq. (1) localized context, Eq. (2)-(3) pair features, and the long-document encoder. Tiny random BERT only."""
-import itertools
 
 import pytest
 import torch
 import transformers
+
+import helpers
 
 import base_module
 from base_module import BaseModule, LongEncoder
@@ -24,21 +25,7 @@ def tiny_encoder(seed=0):
 
 
 def make_feature(title, length, entity_pos, rels=None, seed=0):
-    """A prepro-style feature: [CLS] random tokens [SEP], '*' markers at the given (start, end) spans."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 100, (length,), generator=g).tolist()
-    ids[0], ids[-1] = CLS, SEP
-    for mentions in entity_pos:
-        for s, e in mentions:
-            ids[s] = STAR
-            if e < length - 1:
-                ids[e] = STAR
-    n = len(entity_pos)
-    hts = [[s, o] for s, o in itertools.permutations(range(n), 2)]
-    rels = rels or {}
-    return {"title": title, "input_ids": ids, "entity_pos": entity_pos,
-            "mention_sent": [[0] * len(m) for m in entity_pos], "hts": hts,
-            "labels": [rels.get((s, o), []) for s, o in hts], "num_entities": n, "num_class": NUM_CLASS}
+    return helpers.make_feature(title, length, entity_pos, NUM_CLASS, rels, seed, CLS, SEP, STAR)
 
 
 def docs():

@@ -1,11 +1,12 @@
 """Tests for model.py: noise injection (Section 2.3), the K-step loop (Fig. 2), the stage-1 / stage-2 losses,
 the stop-gradient of Eq. (14), freeze_base and the ablation flags. Tiny random BERT only."""
-import itertools
 import math
 
 import pytest
 import torch
 import transformers
+
+import helpers
 
 import base_module
 from base_module import BaseModule
@@ -27,18 +28,7 @@ def tiny_encoder(seed=0):
 
 
 def make_feature(title, length, entity_pos, rels=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 100, (length,), generator=g).tolist()
-    ids[0], ids[-1] = CLS, SEP
-    for mentions in entity_pos:
-        for s, _ in mentions:
-            ids[s] = STAR
-    n = len(entity_pos)
-    hts = [[s, o] for s, o in itertools.permutations(range(n), 2)]
-    rels = rels or {}
-    return {"title": title, "input_ids": ids, "entity_pos": entity_pos,
-            "mention_sent": [[0] * len(m) for m in entity_pos], "hts": hts,
-            "labels": [rels.get((s, o), []) for s, o in hts], "num_entities": n, "num_class": C}
+    return helpers.make_feature(title, length, entity_pos, C, rels, seed, CLS, SEP, STAR)
 
 
 def make_batch():
