@@ -5,9 +5,8 @@ import pytest
 import torch
 import transformers
 
-import helpers
-
 import base_module
+import helpers
 from base_module import BaseModule, LongEncoder
 from losses import at_loss
 from utils import collate_fn

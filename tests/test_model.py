@@ -6,9 +6,8 @@ import pytest
 import torch
 import transformers
 
-import helpers
-
 import base_module
+import helpers
 from base_module import BaseModule
 from inference_module import InferenceModule
 from model import DocREModel, inject_noise
