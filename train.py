@@ -106,6 +106,7 @@ def parse_args(argv=None):
     a("--device", choices=["auto", "cpu", "cuda"], default="auto")
     a("--amp", choices=["none", "bf16", "fp16"], default="none")
     a("--num_workers", type=int, default=0)
+    a("--threads", type=int, default=0, help="CPU intra-op threads (0 = torch's default); 1 on a shared machine")
     a("--log_every", type=int, default=50, help="steps between progress-bar loss updates")
     a("--wandb", action="store_true", help="log to Weights & Biases (respects WANDB_MODE)")
     a("--wandb_project", default="docre-ii")
@@ -117,7 +118,7 @@ def validate_args(args):
     checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
               ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
               ("adam_epsilon", 0), ("max_grad_norm", 0), ("contrastive_weight", 0), ("max_train_docs", 0),
-              ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0)]
+              ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0), ("threads", 0)]
     for name, low in checks:
         if getattr(args, name) < low:
             raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -699,7 +700,7 @@ def main(argv=None):
     if args.resume:
         ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
         saved = dict(ckpt["args"])
-        for k in ("resume", "num_workers", "device", "log_every", "wandb"):
+        for k in ("resume", "num_workers", "threads", "device", "log_every", "wandb"):
             saved[k] = getattr(args, k)
         saved["save_path"] = args.resume
         args = argparse.Namespace(**saved)
@@ -717,6 +718,8 @@ def main(argv=None):
             args.num_iterations = 0
     if not args.evaluate_only and not args.dev_file:
         raise UsageError("training needs --dev_file (model selection is on dev F1)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, rank, world = init_distributed(args)
     set_seed(args.seed + rank)
     if rank == 0:

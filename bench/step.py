@@ -1,0 +1,217 @@
+"""Time of a training step (stage 1, stage 2) and of an evaluation pass (K = 0, K = 3) on the same real batches,
+against the FLOPs counted by torch.utils.flop_counter.FlopCounterMode.
+
+For each ratio (stage 2 / stage 1, eval K=3 / K=0) the FLOP ratio is the floor that the time ratio would
+reach if every phase ran at the same FLOP rate; overhead = time ratio / FLOP ratio (1.00 = no overhead).
+
+Usage: python bench/step.py [--batches 5] [--batch_size 4] [--repeats 5] [--device cpu|cuda] [--amp none|bf16]
+                            [--threads N] [--profile] [--data PATH]
+Data: the first batches*batch_size documents of ../shared/data/redocred/train_mini.json next to the
+checkout, else synthetic DocRED-format documents (bench/common.py). Model: the bundled encoder with the
+default paper flags (inference_dim 512, N_I 2, K 3). Writes bench/results/step.json.
+
+Phases are interleaved within each repeat (stage 1, stage 2, eval K=0, eval K=3, each over all batches)
+so that a change of load on a shared machine hits all phases alike; the per-repeat ratios and the ratio
+of the per-phase medians are both reported.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (puts the repository root on sys.path)
+
+import torch  # noqa: E402
+
+import prepro  # noqa: E402
+import train  # noqa: E402
+
+PHASES = ("stage1", "stage2", "eval_k0", "eval_k3")
+
+
+def build(device):
+    tokenizer = common.load_tokenizer()
+    rel2id = prepro.load_rel2id()
+    args = train.parse_args(["--inference_dim", "512", "--num_inference_layers", "2", "--num_iterations", "3"])
+    model = train.build_model(args, len(rel2id), tokenizer).to(device)
+    return model, args, tokenizer
+
+
+class Runner:
+    """One callable per phase; each call runs the phase over one batch (a full optimiser step in training)."""
+
+    def __init__(self, model, args, device, amp, k):
+        self.model, self.args, self.device, self.amp, self.k = model, args, device, amp, k
+        self.opt = {}
+        for stage in (1, 2):
+            groups = train.param_groups(model, args, stage)
+            self.opt[stage] = (groups, torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay))
+
+    def train_step(self, batch, stage):
+        groups, opt = self.opt[stage]
+        train.set_trainable(self.model, groups)  # as train.py does at the start of a stage (cheap flag flips)
+        self.model.train()
+        with common.autocast(self.device, self.amp):
+            out = self.model(batch, stage)
+        out["loss"].backward()
+        params = [p for g in groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def evaluate(self, batch, k):
+        self.model.eval()
+        with common.autocast(self.device, self.amp):
+            passes = self.model.predict(batch, k)
+        return passes[-1]
+
+    def fn(self, phase, batch):
+        return {"stage1": lambda: self.train_step(batch, 1), "stage2": lambda: self.train_step(batch, 2),
+                "eval_k0": lambda: self.evaluate(batch, 0), "eval_k3": lambda: self.evaluate(batch, self.k)}[phase]
+
+
+def flops_by_module(fn):
+    """Total counted FLOPs and the share of the top-level modules (base / inference / predictor)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    per = fc.get_flop_counts()
+    parts = {}
+    for name in ("DocREModel.base", "DocREModel.inference", "DocREModel.predictor"):
+        if name in per:
+            parts[name.split(".", 1)[1]] = sum(per[name].values())
+    # FLOPs of modules not entered through __call__ (view B runs inference.encode(), predict() is not forward())
+    parts["not_under_a_module_call"] = fc.get_total_flops() - sum(parts.values())
+    return fc.get_total_flops(), parts
+
+
+def profile_phase(runner, phase, batch, device, top=15):
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    fn = runner.fn(phase, batch)
+    fn()
+    with profile(activities=acts) as prof:
+        fn()
+        common.sync(device)
+    key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    rows = []
+    for e in events[:top]:
+        t = getattr(e, key)
+        rows.append({"op": e.key, "self_ms": t / 1e3, "share": t / total if total else 0.0, "calls": e.count})
+    return rows, total / 1e3
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, default=5)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes over all batches per phase")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave the default)")
+    p.add_argument("--k", type=int, default=3, help="K of the evaluation pass")
+    p.add_argument("--data", default=None, help="DocRED-format file (default: Re-DocRED train_mini)")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops of each phase")
+    p.add_argument("--out", default="step.json")
+    a = p.parse_args()
+    common.set_threads(a.threads)
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+
+    model, args, tokenizer = build(device)
+    feats, source = common.load_docs(tokenizer, a.batches * a.batch_size, a.data)
+    batches = [common.move(b, device) for b in common.make_batches(feats, a.batches, a.batch_size)]
+    stats = common.batch_stats(batches)
+    runner = Runner(model, args, device, a.amp, a.k)
+    print(f"data: {source}; {stats['docs']} docs in {a.batches} batches of {a.batch_size}: {stats['tokens']} tokens, "
+          f"{stats['entities']} entities, {stats['pairs']} pairs (max N {stats['max_entities']}, max L {stats['max_len']})")
+    print(f"device {device}, amp {a.amp}, torch threads {torch.get_num_threads()}, cpu {common.cpu_model()}")
+
+    # counted FLOPs of each phase, summed over the batches (one run each, outside the timing)
+    flops, parts = {}, {}
+    for ph in PHASES:
+        tot, share = 0, {}
+        for b in batches:
+            f, s = flops_by_module(runner.fn(ph, b))
+            tot += f
+            for k, v in s.items():
+                share[k] = share.get(k, 0) + v
+        flops[ph], parts[ph] = tot, share
+
+    for _ in range(a.warmup):
+        for ph in PHASES:
+            for b in batches:
+                runner.fn(ph, b)()
+    common.sync(device)
+
+    # samples[phase][r] = seconds for all batches in repeat r (phases interleaved within a repeat)
+    samples = {ph: [] for ph in PHASES}
+    per_batch = {ph: [[] for _ in batches] for ph in PHASES}
+    for _ in range(a.repeats):
+        for ph in PHASES:
+            tot = 0.0
+            for i, b in enumerate(batches):
+                fn = runner.fn(ph, b)
+                common.sync(device)
+                t0 = time.perf_counter()
+                fn()
+                common.sync(device)
+                dt = time.perf_counter() - t0
+                per_batch[ph][i].append(dt)
+                tot += dt
+            samples[ph].append(tot)
+
+    med = {ph: statistics.median(samples[ph]) for ph in PHASES}
+    rows, result_phases = [], {}
+    for ph in PHASES:
+        gfs = flops[ph] / med[ph] / 1e9
+        result_phases[ph] = {"median_s_all_batches": med[ph], "median_s_per_batch": med[ph] / a.batches,
+                             "samples_s": samples[ph],
+                             "per_batch_median_s": [statistics.median(x) for x in per_batch[ph]],
+                             "flops": flops[ph], "flops_by_module": parts[ph], "gflops_per_s": gfs,
+                             "docs_per_s": stats["docs"] / med[ph]}
+        spread = (max(samples[ph]) - min(samples[ph])) / med[ph]
+        rows.append([ph, f"{med[ph] / a.batches * 1e3:.1f}", f"{spread * 100:.0f}%", f"{flops[ph] / a.batches / 1e9:.2f}",
+                     f"{gfs:.1f}", f"{stats['docs'] / med[ph]:.2f}"])
+    print()
+    print(common.fmt_table(["phase", "ms/batch (median)", "spread", "GFLOP/batch", "GFLOP/s", "docs/s"], rows))
+
+    ratios = {}
+    rrows = []
+    for name, num, den in (("stage2/stage1", "stage2", "stage1"), ("eval_k3/eval_k0", "eval_k3", "eval_k0")):
+        t = med[num] / med[den]
+        per_rep = [x / y for x, y in zip(samples[num], samples[den])]
+        fr = flops[num] / flops[den]
+        ratios[name] = {"time_ratio": t, "time_ratio_per_repeat": per_rep, "time_ratio_median_of_repeats":
+                        statistics.median(per_rep), "flop_ratio": fr, "overhead": t / fr,
+                        "overhead_median_of_repeats": statistics.median(per_rep) / fr,
+                        "target_met": t / fr <= 1.10}
+        rrows.append([name, f"{t:.3f}", f"{statistics.median(per_rep):.3f} [{min(per_rep):.3f}-{max(per_rep):.3f}]",
+                      f"{fr:.3f}", f"{t / fr:.3f}", "yes" if t / fr <= 1.10 else "NO"])
+    print()
+    print(common.fmt_table(["ratio", "time", "time per repeat: median [min-max]", "FLOP (floor)", "overhead",
+                            "<=1.10"], rrows))
+
+    prof = {}
+    if a.profile:
+        for ph in ("stage1", "stage2", "eval_k3"):
+            top, total_ms = profile_phase(runner, ph, batches[0], device)
+            prof[ph] = {"total_self_ms": total_ms, "top": top}
+            print(f"\nprofile {ph} (batch 0, total self time {total_ms:.0f} ms): top ops by self time")
+            print(common.fmt_table(["op", "self ms", "share", "calls"],
+                                   [[r["op"], f"{r['self_ms']:.1f}", f"{r['share'] * 100:.1f}%", r["calls"]] for r in top]))
+
+    res = {"machine": common.machine_info(device), "command": " ".join(["python"] + sys.argv),
+           "config": {**vars(a), "inference_dim": args.inference_dim, "num_inference_layers": args.num_inference_layers,
+                      "eca_heads_per_line": args.eca_heads_per_line, "encoder": "bundled all-MiniLM-L6-v2"},
+           "data": {"source": source, **stats}, "phases": result_phases, "ratios": ratios, "profile": prof}
+    print("\nwrote", common.write_json(a.out, res))
+
+
+if __name__ == "__main__":
+    main()
