@@ -116,8 +116,12 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     try:
         metrics = save / "metrics.jsonl"
         deadline = time.time() + 240
+        last_pt = save / "last.pt"
         while time.time() < deadline and proc.poll() is None:
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= lines_before:
+            # the epoch's metrics line is written, then last.pt (after best.pt): only then has the next
+            # epoch begun, however slow the checkpoint writes are on a loaded machine
+            if (metrics.exists() and len(metrics.read_text().splitlines()) >= lines_before and last_pt.exists()
+                    and last_pt.stat().st_mtime_ns >= metrics.stat().st_mtime_ns):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
