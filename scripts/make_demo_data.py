@@ -22,7 +22,8 @@ def name(rng, parts):
 def make_doc(rng, index):
     """One document: sentences (token lists), vertexSet and labels, in the DocRED JSON layout."""
     countries = [name(rng, 3) for _ in range(2)]
-    cities = [(name(rng, 2), rng.randrange(2)) for _ in range(3)]  # (city, country index)
+    # (city, country index); the first two cities cover both countries so every entity is mentioned
+    cities = [(name(rng, 2), k) for k in (0, 1, rng.randrange(2))]
     orgs = [(name(rng, 2) + " " + rng.choice(["Corp", "Group", "Institute"]), rng.randrange(3)) for _ in range(2)]
     people = [(name(rng, 2) + " " + name(rng, 3), rng.randrange(3), rng.randrange(2)) for _ in range(3)]
 
