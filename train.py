@@ -673,24 +673,27 @@ def check_save_path(args, files):
 
 def write_predictions(args, model, device, features, docs, name_prefix, id2rel, train_docs):
     """Predict a split (``docs``: its DocRED-format documents, aligned with ``features``); score it when it
-    has labels. Writes <prefix>result.json, and predictions.json for the test split."""
+    has labels. Writes <prefix>result.json, and predictions.json for the test split.
+
+    Returns (scores of the final pass, scores after each pass k = 0..K): both empty without labels. The
+    per-pass scores come from the same forward passes (K iterations compute passes 0..K-1 on the way),
+    so one run at K = 4 gives Table 2's whole column for its N_I."""
     logits = predict(model, features, args, device, args.num_iterations)
-    final = [lg[-1] for lg in logits]
-    preds = [get_label(lg, args.num_labels).numpy() for lg in final]
-    result = {}
     if args.dataset == "docred":
+        preds = [get_label(lg[-1], args.num_labels).numpy() for lg in logits]
         sub = evaluation.to_official(preds, features, id2rel)
         atomic_write_json(os.path.join(args.save_path, f"{name_prefix}result.json"), sub)
-        if any(d.get("labels") for d in docs):
-            result = evaluation.docred_scores(sub, docs, train_docs)
+        labelled = any(d.get("labels") for d in docs)
         if name_prefix == "":
             with open(os.path.join(os.path.dirname(prepro.DEFAULT_REL2ID), "rel_info.json")) as fh:
                 rel_names = json.load(fh)
             rows = readable_predictions(features, logits, args, id2rel, rel_names, {d["title"]: d for d in docs})
             atomic_write_json(os.path.join(args.save_path, "predictions.json"), rows, indent=1)
-    elif any(any(lab) for f in features for lab in f["labels"]):
-        result = evaluation.bio_scores(preds, features)
-    return result
+    else:
+        labelled = any(any(lab) for f in features for lab in f["labels"])
+    by_k = {str(k): score(args, features, [lg[k] for lg in logits], docs, train_docs, id2rel)[0]
+            for k in range(args.num_iterations + 1)} if labelled else {}
+    return by_k.get(str(args.num_iterations), {}), by_k
 
 
 def main(argv=None):
@@ -810,12 +813,17 @@ def main(argv=None):
             if best["stage"] == 1:
                 args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
     if rank == 0:
-        outputs = {}
+        outputs, passes = {}, {}
         if dev:
-            outputs["dev"] = write_predictions(args, model, device, dev, gold, "dev_", id2rel, train_docs)
+            outputs["dev"], passes["dev"] = write_predictions(args, model, device, dev, gold, "dev_", id2rel,
+                                                              train_docs)
         if args.test_file:
-            outputs["test"] = write_predictions(args, model, device, test, test_docs, "", id2rel, train_docs)
-        atomic_write_json(os.path.join(args.save_path, "eval_scores.json"), outputs, indent=1)
+            outputs["test"], passes["test"] = write_predictions(args, model, device, test, test_docs, "", id2rel,
+                                                                train_docs)
+        # eval_scores.json: {"dev": final-pass scores, "dev_by_k": {"0": scores after pass 0 (the base
+        # module), ..., "K": the final pass}, and the same for "test" when it has labels}
+        extra = {f"{split}_by_k": by_k for split, by_k in passes.items() if by_k}
+        atomic_write_json(os.path.join(args.save_path, "eval_scores.json"), {**outputs, **extra}, indent=1)
         print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
                                   ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
                           for split, s in outputs.items()}))

@@ -1,10 +1,13 @@
 """Training curves and the paper's Figure 5 analysis, as PNG files.
 
     python scripts/plot.py curves runs/x [runs/y ...] --out docs/curves.png
+    python scripts/plot.py curves runs/full runs/no_cl --stage1 runs/stage1 --out docs/curves.png
     python scripts/plot.py weights --with runs/simsiam/best.pt --without runs/nocl/best.pt --out docs/fig5.png
 
 `curves`: train loss and dev F1 per epoch over both stages (stage 2 continues the x axis; its dev F1
-is the full model's, and the base module's F1 of the same epochs is drawn dashed).
+is the full model's, and the base module's F1 of the same epochs is drawn dashed). --stage1 RUN: the runs are
+stage-2 runs started from RUN's best_stage1.pt (--load_path); RUN's stage-1 curve is drawn once and theirs
+continue after it.
 `weights` (Figure 5): mean absolute weight of the inference classifier W_c (Eq. 12) on the feature half
 [F_NI] and on the relation half [R_NI] of its input, for a run with and one without the contrastive loss.
 """
@@ -25,11 +28,19 @@ def read_metrics(run):
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def plot_curves(runs, out):
+def plot_curves(runs, out, stage1=None):
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 4))
+    offset = 0
+    if stage1:
+        lines = [ln for ln in read_metrics(stage1) if ln["stage"] == 1]
+        x = list(range(1, len(lines) + 1))
+        ax_loss.plot(x, [ln.get("train_loss", float("nan")) for ln in lines], marker="o", color="black",
+                     label="stage 1 (shared)")
+        ax_f1.plot(x, [ln["dev"]["f1"] for ln in lines], marker="o", color="black", label="stage 1 (shared)")
+        offset = len(lines)
     for run in runs:
         lines = read_metrics(run)
-        x = list(range(1, len(lines) + 1))
+        x = list(range(offset + 1, offset + len(lines) + 1))
         label = os.path.basename(os.path.normpath(run))
         ax_loss.plot(x, [ln.get("train_loss", float("nan")) for ln in lines], marker="o", label=label)
         (line,) = ax_f1.plot(x, [ln["dev"]["f1"] for ln in lines], marker="o", label=f"{label} (model)")
@@ -37,7 +48,7 @@ def plot_curves(runs, out):
         if base:
             ax_f1.plot(*zip(*base), linestyle="--", color=line.get_color(), label=f"{label} (base module)")
         switch = [i for i, ln in zip(x, lines) if ln["stage"] == 2]
-        if switch:
+        if switch and switch[0] > 1:
             for ax in (ax_loss, ax_f1):
                 ax.axvline(switch[0] - 0.5, color="grey", linewidth=0.8)
     ax_loss.set(xlabel="epoch (stage 1, then stage 2)", ylabel="train loss", title="training loss")
@@ -78,13 +89,14 @@ def main(argv=None):
     c = sub.add_parser("curves")
     c.add_argument("runs", nargs="+")
     c.add_argument("--out", default="docs/curves.png")
+    c.add_argument("--stage1", default=None, help="the stage-1 run the (stage-2) runs started from")
     w = sub.add_parser("weights")
     w.add_argument("--with", dest="with_cl", required=True, help="best.pt of a run with the contrastive loss")
     w.add_argument("--without", dest="without_cl", required=True, help="best.pt of a run without it")
     w.add_argument("--out", default="docs/fig5_classifier_weights.png")
     args = p.parse_args(argv)
     if args.cmd == "curves":
-        plot_curves(args.runs, args.out)
+        plot_curves(args.runs, args.out, args.stage1)
     else:
         print(json.dumps(plot_weights(args.with_cl, args.without_cl, args.out)))
     print(f"wrote {args.out}")

@@ -1,10 +1,19 @@
-"""Mean ± std of the dev scores of several runs (e.g. seeds), as a markdown table.
+"""Mean ± std of the scores of several runs (e.g. seeds), as markdown tables (the paper reports dev mean ± std
+over 5 seeds).
 
-For each run (a --save_path folder, or its metrics.jsonl) the epoch kept is the one best.pt holds: the
-last line marked "best" in metrics.jsonl. Rows: the full model ("dev") and, for stage-2 runs, the base
-module of the same checkpoint ("dev_base", i.e. --num_iterations 0).
+    python scripts/summarize.py runs/seed1 runs/seed2 runs/seed3            one group: full model and base module
+    python scripts/summarize.py "full=runs/a1,runs/a2" "w/o fusion=runs/b1,runs/b2" --model full
+                                                                           one row per group (Table 4)
+    python scripts/summarize.py --split test "CDR=runs/cdr_s1,runs/cdr_s2"  test scores from eval_scores.json
+    python scripts/summarize.py --by_k "N_I 2=runs/a/eval_k4" "N_I 1=runs/b/eval_k4"
+                                                                           F1 after each pass k (Table 2)
 
-    python scripts/summarize.py runs/seed1 runs/seed2 runs/seed3 [--metrics f1 ign_f1 intra_f1]
+A group is LABEL=RUN[,RUN...]; plain RUN arguments form one unlabelled group. A run is a --save_path folder.
+Dev scores (--split dev) are those of the epoch kept as best.pt: the last line marked "best" in its
+metrics.jsonl, "dev" for the full model (K passes) and "dev_base" for the base module of the same checkpoint
+(--num_iterations 0; stage-2 runs only, a stage-1 run is a base module). Test scores (--split test) come from
+the run's eval_scores.json: "test" and, for the base module, pass 0 of "test_by_k". --by_k reads the
+"dev_by_k" of eval_scores.json written by `train.py --evaluate_only --num_iterations K`.
 """
 import argparse
 import json
@@ -15,16 +24,40 @@ import sys
 DEFAULT_METRICS = ["f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1"]
 
 
+def read_jsonl(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def best_line(path):
     """The metrics.jsonl line of the epoch saved as best.pt."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
-    with open(path) as fh:
-        lines = [json.loads(line) for line in fh if line.strip()]
+    lines = read_jsonl(path)
     if not lines:
         raise ValueError(f"{path}: no epochs recorded")
     marked = [ln for ln in lines if ln.get("best")]
     return (marked or lines)[-1]
+
+
+def eval_scores(run):
+    path = os.path.join(run, "eval_scores.json")
+    with open(path) as fh:
+        return json.load(fh), path
+
+
+def run_scores(run, split):
+    """{"full": scores, "base": scores or None} of one run on a split."""
+    if split == "dev":
+        line = best_line(run)
+        if line["stage"] == 1:  # no inference module was trained: the run is a base module
+            return {"full": None, "base": line["dev"]}
+        return {"full": line["dev"], "base": line.get("dev_base")}
+    scores, path = eval_scores(run)
+    if split not in scores:
+        raise ValueError(f"{path}: no {split!r} scores (unlabelled, or not predicted)")
+    by_k = scores.get(f"{split}_by_k", {})
+    return {"full": scores[split], "base": by_k.get("0")}
 
 
 def mean_std(values):
@@ -33,29 +66,75 @@ def mean_std(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def table(runs, metrics):
-    rows = {"full model (K passes)": "dev", "base module (K = 0)": "dev_base"}
-    lines = [best_line(r) for r in runs]
-    out = [f"| model ({len(runs)} run{'s' if len(runs) > 1 else ''}) | " + " | ".join(metrics) + " |",
-           "|---" * (len(metrics) + 1) + "|"]
-    for label, key in rows.items():
-        if not all(key in ln for ln in lines):
-            continue
-        cells = []
-        for m in metrics:
-            vals = [ln[key][m] for ln in lines if m in ln[key]]
-            cells.append(mean_std(vals) if len(vals) == len(lines) else "—")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+def cells(score_dicts, metrics):
+    """One cell per metric: mean ± std over the runs, '—' where a run lacks it."""
+    out = []
+    for m in metrics:
+        vals = [s[m] for s in score_dicts if s is not None and m in s]
+        out.append(mean_std(vals) if vals and len(vals) == len(score_dicts) else "—")
+    return out
+
+
+def parse_groups(items):
+    """["LABEL=A,B", ...] -> [(label, [A, B])]; plain paths form one group labelled ''."""
+    groups, plain = [], []
+    for item in items:
+        if "=" in item:
+            label, runs = item.rsplit("=", 1)
+            groups.append((label, [r for r in runs.split(",") if r]))
+        else:
+            plain.append(item)
+    return ([("", plain)] if plain else []) + groups
+
+
+def table(groups, metrics, split="dev", model="both"):
+    rows = {"both": ("full", "base"), "full": ("full",), "base": ("base",)}[model]
+    names = {"full": "full model (K passes)", "base": "base module (K = 0)"}
+    out = [f"| model | runs | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+    for label, runs in groups:
+        scores = [run_scores(r, split) for r in runs]
+        present = [key for key in ("full", "base") if any(s[key] is not None for s in scores)]
+        # a stage-1 run (base module only) keeps its row in a --model full table: e.g. ATLOP beside the ablations
+        for key in [k for k in rows if k in present] or present:
+            per_run = [s[key] for s in scores]
+            name = names[key] if not label else (label if model != "both" else f"{label}: {names[key]}")
+            out.append(f"| {name} | {len(runs)} | " + " | ".join(cells(per_run, metrics)) + " |")
+    return "\n".join(out)
+
+
+def by_k_table(groups, metric="f1"):
+    """Rows: groups (e.g. N_I); columns: K = 0 .. the largest K evaluated; cells: mean ± std of the metric."""
+    data = []
+    for label, runs in groups:
+        per_run = []
+        for run in runs:
+            scores, path = eval_scores(run)
+            if "dev_by_k" not in scores:
+                raise ValueError(f"{path}: no 'dev_by_k' (evaluate with train.py --evaluate_only --num_iterations K)")
+            per_run.append(scores["dev_by_k"])
+        data.append((label, per_run))
+    max_k = max(int(k) for _, per_run in data for by_k in per_run for k in by_k)
+    out = [f"| {metric} | runs | " + " | ".join(f"K = {k}" for k in range(max_k + 1)) + " |",
+           "|---" * (max_k + 3) + "|"]
+    for label, per_run in data:
+        row = [cells([by_k.get(str(k)) for by_k in per_run], [metric])[0] for k in range(max_k + 1)]
+        out.append(f"| {label or 'runs'} | {len(per_run)} | " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")
+    p.add_argument("runs", nargs="+", help="run folders, or LABEL=RUN[,RUN...] groups")
     p.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS)
+    p.add_argument("--split", choices=["dev", "test"], default="dev")
+    p.add_argument("--model", choices=["both", "full", "base"], default="both",
+                   help="rows per group: full model, base module, or both")
+    p.add_argument("--by_k", action="store_true", help="F1 after each pass k (Table 2); the first metric is used")
     args = p.parse_args(argv)
     try:
-        print(table(args.runs, args.metrics))
+        groups = parse_groups(args.runs)
+        print(by_k_table(groups, args.metrics[0]) if args.by_k else
+              table(groups, args.metrics, args.split, args.model))
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -125,6 +125,13 @@ def test_evaluate_only_reproduces_dev_stage2(env, stage2_run, monkeypatch):
     assert {k: round(v, 4) for k, v in scores.items()} == stored
     assert not (out / "result.json").exists()  # --test_file ''
     assert used == [2]
+    # the scores after every pass, from the same forward passes: the last is the final score, pass 0 the
+    # base module's score that training logged for the same epoch
+    by_k = json.loads((out / "eval_scores.json").read_text())["dev_by_k"]
+    assert sorted(by_k) == ["0", "1", "2"] and by_k["2"] == scores
+    best_line = [m for m in helpers.read_metrics(stage2_run) if m["best"]][-1]
+    assert {k: round(v, 4) for k, v in by_k["0"].items()} == best_line["dev_base"]
+    assert {k: round(v["f1"], 4) for k, v in by_k.items()} == best_line["dev_by_k"]
 
 
 @pytest.mark.parametrize("flags", [[], ["--no_fusion"], ["--eca", "full"], ["--contrastive", "none"]],

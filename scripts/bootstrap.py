@@ -1,0 +1,111 @@
+"""Paired bootstrap over documents: is model B's dev F1 really above model A's, or is it dev-set luck?
+
+    python scripts/bootstrap.py --gold dataset/redocred/dev_mini.json --train dataset/redocred/train_mini.json \
+        --a runs/x/eval_k0/dev_result.json --b runs/x/dev_result.json [--samples 1000] [--seed 0]
+
+Both prediction files are CodaLab submissions (result.json format) of the same gold documents. Each bootstrap
+sample draws len(gold) documents with replacement and scores A and B on the same draw, so the spread of
+F1(B) - F1(A) over the samples is the dev-set sampling noise of the difference. It says nothing of the
+seed-to-seed spread of training, which only retraining measures; it is a lower bound on the noise of a
+one-seed comparison. The paper uses 1,000 bootstrap tests for its significance mark (Table 5).
+
+Per document we keep the counts the official scores are sums of (evaluation.docred_scores on that document
+alone): #correct, #submitted, #gold, #correct-in-train. F1 and Ign F1 of any multiset of documents follow
+from their sums, and on the whole set they equal evaluation.docred_scores exactly.
+Prints one JSON object; errors print one "error: ..." line and exit with status 2.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluation  # noqa: E402
+from utils import DataError  # noqa: E402
+
+COUNTS = ("num_correct", "num_pred", "num_gold", "num_correct_in_train")
+
+
+def doc_counts(submission, gold_docs, train_docs=None, pred_path=None):
+    """[len(gold_docs), 4] array of COUNTS, one row per gold document. Entries whose title is no gold
+    document count in no row (the official precision would count them; they are reported as an error)."""
+    titles = {d.get("title") for d in gold_docs}
+    unknown = sorted({e.get("title") for e in submission if e.get("title") not in titles}, key=str)
+    if unknown:
+        raise DataError(f"{pred_path or 'submission'}: {len(unknown)} title(s) are no gold document, e.g. "
+                        f"{unknown[0]!r}: both files must cover the same documents")
+    by_title = {}
+    for entry in submission:
+        by_title.setdefault(entry["title"], []).append(entry)
+    rows = []
+    for doc in gold_docs:
+        entries = by_title.get(doc["title"], [])
+        if doc.get("labels"):
+            s = evaluation.docred_scores(entries, [doc], train_docs, pred_path=pred_path)
+            rows.append([s[k] for k in COUNTS])
+        else:  # no gold fact: nothing can be correct; docred_scores refuses an unlabelled gold set
+            unique = {(e["h_idx"], e["t_idx"], e["r"]) for e in entries}
+            rows.append([0, len(unique), 0, 0])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def f1_from_counts(c):
+    """F1 and Ign F1 in percent from summed COUNTS; c: [..., 4] -> two arrays of shape [...]."""
+    correct, pred, gold, in_train = np.moveaxis(c, -1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(pred > 0, correct / pred, 0.0)
+        r = np.where(gold > 0, correct / gold, 0.0)
+        ign_p = np.where(pred - in_train > 0, (correct - in_train) / (pred - in_train), 0.0)
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        ign = np.where(ign_p + r > 0, 2 * ign_p * r / (ign_p + r), 0.0)
+    return 100 * f1, 100 * ign
+
+
+def paired_bootstrap(counts_a, counts_b, samples=1000, seed=0):
+    """Point scores of A and B, and the bootstrap distribution of B - A (same document draws for both)."""
+    rng = np.random.default_rng(seed)
+    n = counts_a.shape[0]
+    draws = rng.integers(0, n, size=(samples, n))  # [S, n] document indices
+    out = {}
+    for name, counts in (("a", counts_a), ("b", counts_b)):
+        f1, ign = f1_from_counts(counts.sum(0))
+        out[name] = {"f1": float(f1), "ign_f1": float(ign)}
+        out[f"_{name}_samples"] = f1_from_counts(counts[draws].sum(1))  # two [S] arrays
+    result = {"a": out["a"], "b": out["b"], "samples": samples, "documents": n}
+    for i, metric in enumerate(("f1", "ign_f1")):
+        diff = out["_b_samples"][i] - out["_a_samples"][i]
+        lo, hi = np.percentile(diff, [2.5, 97.5])
+        result[f"{metric}_diff"] = {
+            "point": out["b"][metric] - out["a"][metric], "std": float(diff.std(ddof=1)),
+            "ci95": [float(lo), float(hi)],
+            # one-sided: the share of samples in which B is not better than A
+            "p_b_not_better": float((diff <= 0).mean())}
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gold", required=True, help="labelled DocRED-format documents")
+    p.add_argument("--a", required=True, help="result.json of model A (e.g. the base module)")
+    p.add_argument("--b", required=True, help="result.json of model B (e.g. the full model)")
+    p.add_argument("--train", default=None, help="training documents, for Ign F1")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        if args.samples < 2:
+            raise DataError(f"--samples must be >= 2, got {args.samples}")
+        gold = evaluation.load_docs(args.gold)
+        train = evaluation.load_docs(args.train) if args.train else None
+        counts = [doc_counts(evaluation.load_docs(path), gold, train, pred_path=path) for path in (args.a, args.b)]
+    except (OSError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(paired_bootstrap(*counts, samples=args.samples, seed=args.seed), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
