@@ -25,10 +25,13 @@ model=()
 re=(--data_dir "$DATA/redocred" --train_file train_mini.json --dev_file dev_mini.json --test_file ''
     --train_batch_size "$BATCH" --threads "$THREADS" --stage1_epochs "$STAGE1_EPOCHS"
     --stage2_epochs "$STAGE2_EPOCHS" "${model[@]}")
-# Table 4 rows (name and stage-2 flags), plus N_I = 1 for Table 2.
-variants=("full:" "no_contrastive:--contrastive none" "ni1:--num_inference_layers 1" "no_fusion:--no_fusion"
-          "no_eca:--eca full" "negative_pairs:--contrastive simclr" "freeze_base:--freeze_base")
-for t in ${STAGE2_SEEDS:-}; do variants+=("full_seed$t:--seed $t"); done  # a later --seed wins
+# Table 4 rows (name and stage-2 flags) and N_I = 1 (Table 2): all but no_pretraining start from the seed's
+# stage 1. Then the extra stage-2 seeds of the full model (a later --seed wins).
+ablations=("full:" "no_contrastive:--contrastive none" "ni1:--num_inference_layers 1" "no_fusion:--no_fusion"
+           "no_eca:--eca full" "negative_pairs:--contrastive simclr" "freeze_base:--freeze_base"
+           "no_pretraining:--skip_stage1")
+variants=("${ablations[@]}")
+for t in ${STAGE2_SEEDS:-}; do variants+=("full_seed$t:--seed $t"); done
 
 # train DIR ARGS...: a fresh run, or the continuation of an interrupted one; nothing when it has finished.
 train() {
@@ -54,14 +57,13 @@ for seed in "${SEEDS[@]}"; do
   for v in "${variants[@]}"; do
     name=${v%%:*}
     read -r -a flags <<< "${v#*:}"
+    [ "$name" = no_pretraining ] || flags=(--load_path "$dir/re_stage1/best_stage1.pt" "${flags[@]}")
     wait_for_slot
-    ( train "$dir/re_$name" "${re[@]}" --seed "$seed" --load_path "$dir/re_stage1/best_stage1.pt" "${flags[@]}"
+    ( train "$dir/re_$name" "${re[@]}" --seed "$seed" "${flags[@]}"
       # Table 2: K = 0..4 from one evaluation; K = 0 alone: the base module's dev_result.json for the bootstrap.
       case $name in full|ni1) evaluate "$dir/re_$name/best.pt" "$dir/re_$name/eval_k4" 4 "${re[@]}" ;; esac
       [ "$name" != full ] || evaluate "$dir/re_$name/best.pt" "$dir/re_$name/eval_k0" 0 "${re[@]}" ) &
   done
-  wait_for_slot
-  train "$dir/re_no_pretraining" "${re[@]}" --seed "$seed" --skip_stage1 &
   wait_for_slot
   train "$dir/cdr" --dataset cdr --data_dir "$DATA/cdr" --train_file train_filter.data \
     --dev_file dev_filter.data --test_file test_filter.data --num_labels 1 --train_batch_size "$BATCH" \
@@ -74,8 +76,8 @@ runs() { local out=(); for seed in "${SEEDS[@]}"; do out+=("$OUT/s$seed/$1"); do
 cat <<EOF
 Tables:
   python scripts/summarize.py --model both "Re-DocRED mini=$(runs re_full)" "CDR=$(runs cdr)"
-  python scripts/summarize.py --model full $(for v in "${variants[@]}"; do n=${v%%:*}; \
-    printf '"%s=%s" ' "$n" "$(runs "re_$n")"; done) "no_pretraining=$(runs re_no_pretraining)"
+  python scripts/summarize.py --model full "ATLOP (stage 1)=$(runs re_stage1)" $(for v in "${ablations[@]}"; do \
+    n=${v%%:*}; printf '"%s=%s" ' "$n" "$(runs "re_$n")"; done)
   python scripts/summarize.py "full, stage-2 seeds=$(runs re_full)$(for t in ${STAGE2_SEEDS:-}; do \
     printf ',%s' "$(runs "re_full_seed$t")"; done)"
   python scripts/summarize.py --by_k "N_I 2=$(runs re_full/eval_k4)" "N_I 1=$(runs re_ni1/eval_k4)"
