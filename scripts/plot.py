@@ -77,7 +77,7 @@ def plot_weights(with_cl, without_cl, out):
     ax.bar([x + 0.2 for x in xs], [h[1] for h in halves], width=0.4, label="relation half (R)")
     ax.set_xticks(list(xs), names)
     ax.set(ylabel="mean |W_c|", title="classifier weight on [F_NI, R_NI] (Fig. 5)")
-    ax.legend()
+    ax.legend(loc="lower center")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     return dict(zip(names, halves))
