@@ -20,12 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def read_metrics(run):
-    path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+from summarize import read_metrics  # noqa: E402  (scripts/ is on the path when a script runs)
 
 
 def plot_curves(runs, out, stage1=None):

@@ -24,16 +24,16 @@ import sys
 DEFAULT_METRICS = ["f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1"]
 
 
-def read_jsonl(path):
+def read_metrics(run):
+    """The lines of a run's metrics.jsonl (``run``: its --save_path folder, or the file itself)."""
+    path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
 def best_line(path):
     """The metrics.jsonl line of the epoch saved as best.pt."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    lines = read_jsonl(path)
+    lines = read_metrics(path)
     if not lines:
         raise ValueError(f"{path}: no epochs recorded")
     marked = [ln for ln in lines if ln.get("best")]
@@ -90,7 +90,7 @@ def parse_groups(items):
 def table(groups, metrics, split="dev", model="both"):
     rows = {"both": ("full", "base"), "full": ("full",), "base": ("base",)}[model]
     names = {"full": "full model (K passes)", "base": "base module (K = 0)"}
-    out = [f"| model | runs | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+    out = ["| model | runs | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
     for label, runs in groups:
         scores = [run_scores(r, split) for r in runs]
         present = [key for key in ("full", "base") if any(s[key] is not None for s in scores)]
