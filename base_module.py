@@ -7,19 +7,49 @@ Tensors are batched over documents with different numbers of entities:
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel
+from transformers import AttentionInterface, AttentionMaskInterface, AutoConfig, AutoModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.models.bert.modeling_bert import eager_attention_forward
+
+SDPA_EXCEPT_LAST = "docre_sdpa_except_last"
+# Not cuDNN's attention: it builds an execution plan for every new sequence length (1.7 s for the first
+# batch and 110-140 ms for each new length on an H200, bench/gpu_suite.sh), and document lengths vary.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def load_encoder(name_or_path, dtype=None):
-    """Any HF checkpoint or local folder; eager attention so that attention maps are returned."""
+def sdpa_except_last(module, query, key, value, attention_mask, **kwargs):
+    """Attention of one encoder layer: scaled-dot-product attention (fused kernels, no [B, H, L, L]
+    probabilities or dropout mask kept for the backward pass) in every layer but the last, whose
+    probabilities localized context pooling (Eq. 1) reads; that layer runs the plain eager attention,
+    dropout included, so its output and attention map are exactly what eager attention gives."""
+    if module.layer_idx != module.config.num_hidden_layers - 1:
+        kwargs.pop("output_attentions", None)
+        with sdpa_kernel(SDPA_BACKENDS):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # SDPA's mask: True = attend
+        attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(
+            ~attention_mask, torch.finfo(query.dtype).min)
+    return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(SDPA_EXCEPT_LAST, sdpa_except_last)
+AttentionMaskInterface.register(SDPA_EXCEPT_LAST, sdpa_mask)
+ATTENTION = {"eager": "eager", "sdpa": SDPA_EXCEPT_LAST}
+
+
+def load_encoder(name_or_path, attention="eager"):
+    """Any HF checkpoint or local folder, in float32 (autocast does the low-precision math). ``attention``:
+    'eager' in every layer, or 'sdpa' in every layer but the last (the only one whose map is read)."""
     config = AutoConfig.from_pretrained(name_or_path)
-    return AutoModel.from_pretrained(name_or_path, config=config, attn_implementation="eager", dtype=dtype)
+    return AutoModel.from_pretrained(name_or_path, config=config, attn_implementation=ATTENTION[attention],
+                                     dtype=torch.float32)
 
 
-def encoder_from_config(config):
+def encoder_from_config(config, attention="eager"):
     """Randomly initialised encoder from a config (tests and benchmarks; no weights needed)."""
-    config._attn_implementation = "eager"
-    return AutoModel.from_config(config, attn_implementation="eager")
+    return AutoModel.from_config(config, attn_implementation=ATTENTION[attention])
 
 
 class LongEncoder(nn.Module):
@@ -122,34 +152,34 @@ class BaseModule(nn.Module):
         return h.to(seq.dtype), A
 
     @staticmethod
-    def localized_context(seq, A, pair_mask):
+    def localized_context(seq, A, pairs):
         """Localized context pooling, Eq. (1): c_so = H^T (A_s o A_o) / 1^T (A_s o A_o).
 
         A [B, N, H, L] holds per-head attention; as in ATLOP the product is averaged over heads.
-        Returns c [P, d] for the valid pairs (packed in pair_mask.nonzero() order).
+        Returns c [P, d] for the valid pairs (utils.Pairs, packed order).
         """
         H = A.size(2)
         q = torch.einsum("bshl,bohl->bsol", A, A) / H  # [B, N, N, L]
         q = q / (q.sum(-1, keepdim=True) + 1e-5)
-        return torch.einsum("bsol,bld->bsod", q, seq)[pair_mask]
+        return torch.einsum("bsol,bld->bsod", q, seq)[pairs.b, pairs.s, pairs.o]
 
-    def pair_features(self, h, c, pair_mask):
+    def pair_features(self, h, c, pairs):
         """Eq. (2)-(3): F_so = FNN([tanh(W_s[h_s, c_so]), tanh(W_o[h_o, c_so])]) for the P valid pairs.
 
         W[h, c] is split as W_h h + W_c c so the entity halves are computed once per entity, not per pair.
         h [B, N, d], c [P, d] -> [P, e].
         """
         d = self.hidden_size
-        b, s, o = pair_mask.nonzero(as_tuple=True)
+        b, s, o = pairs.b, pairs.s, pairs.o
         ws, wo = self.head_extractor, self.tail_extractor
         zs = torch.tanh(F.linear(h, ws.weight[:, :d])[b, s] + F.linear(c, ws.weight[:, d:], ws.bias))
         zo = torch.tanh(F.linear(h, wo.weight[:, :d])[b, o] + F.linear(c, wo.weight[:, d:], wo.bias))
         return self.pair_fnn(torch.cat([zs, zo], dim=-1))
 
-    def forward(self, input_ids, attention_mask, mention_pos, mention_mask, pair_mask):
+    def forward(self, input_ids, attention_mask, mention_pos, mention_mask, pairs):
         """-> pair features F [P, e] and logits [P, C] (Eq. (4) before the sigmoid) of the valid pairs."""
         seq, att = self.encoder(input_ids, attention_mask)
         h, A = self.pool_entities(seq, att, mention_pos, mention_mask)
-        c = self.localized_context(seq, A, pair_mask)
-        feats = self.pair_features(h, c, pair_mask)
+        c = self.localized_context(seq, A, pairs)
+        feats = self.pair_features(h, c, pairs)
         return feats, self.classifier(feats)

@@ -1,7 +1,8 @@
 """Inference module (paper Section 2.2): ECA units, fusion sub-layer, inference layers and classifier.
 
 Pairs are packed: every per-pair tensor is [P, .] over the valid pairs of the batch, in the row-major
-order of ``pair_mask.nonzero()`` (document, subject s, object o). The dense layers, which are nearly all
+order of ``pair_mask.nonzero()`` (document, subject s, object o); ``pairs`` is a utils.Pairs (the mask
+and those coordinates). The dense layers, which are nearly all
 of the module's arithmetic, therefore run on real pairs only, never on padding or s = o. Only the
 attention lays pairs out as per-document matrices [B, N, N, .] (B documents, N entities padded), where
 row s / column s / row o / column o are cheap views. D is the module width, 4 lines (row s, column s,
@@ -15,11 +16,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def scatter_pairs(x, pair_mask):
+def scatter_pairs(x, pairs):
     """[P, X] packed pairs -> [B, N, N, X] matrix with zeros at invalid pairs."""
-    out = x.new_zeros(*pair_mask.shape, x.size(-1))
-    out[pair_mask] = x
+    out = x.new_zeros(*pairs.mask.shape, x.size(-1))
+    out[pairs.b, pairs.s, pairs.o] = x
     return out
+
+
+def gather_pairs(x, pairs):
+    """[B, N, N, ...] matrix -> [P, ...] packed pairs."""
+    return x[pairs.b, pairs.s, pairs.o]
 
 
 def masked_softmax(scores, mask):
@@ -55,14 +61,14 @@ class ECAUnit(nn.Module):
         """kv(M) = W_F F + W_R R + b, without materialising the concatenation [F, R]."""
         return f_part + F.linear(r, self.kv.weight[:, self.dim:])
 
-    def attend(self, q, kv, pair_mask):
+    def attend(self, q, kv, pairs):
         """Eq. (5)-(6) for all pairs at once: q [P, D], kv [P, 2D] -> concatenated heads [P, D]."""
-        B, N, _ = pair_mask.shape
+        B, N, _ = pairs.mask.shape
         shape = (B, N, N, 4, self.h, self.k)
-        q = scatter_pairs(q / math.sqrt(self.k), pair_mask).view(shape).unbind(3)  # 4 x [B, N, N, h, k]
-        keys, vals = scatter_pairs(kv, pair_mask).chunk(2, dim=-1)
+        q = scatter_pairs(q / math.sqrt(self.k), pairs).view(shape).unbind(3)  # 4 x [B, N, N, h, k]
+        keys, vals = scatter_pairs(kv, pairs).chunk(2, dim=-1)
         k, v = keys.reshape(shape).unbind(3), vals.reshape(shape).unbind(3)
-        valid, valid_t = pair_mask, pair_mask.transpose(1, 2)
+        valid, valid_t = pairs.mask, pairs.mask.transpose(1, 2)
         # scores [B, s, o, h, j] per line: row s -> M[s, j], column s -> M[j, s], row o -> M[o, j],
         # column o -> M[j, o]; each mask broadcasts the validity of that key pair.
         lines = [
@@ -74,27 +80,27 @@ class ECAUnit(nn.Module):
         heads = []
         for g, (score_eq, mix_eq, mask) in enumerate(lines):
             w = masked_softmax(torch.einsum(score_eq, q[g], k[g]), mask)  # Eq. (6)
-            heads.append(torch.einsum(mix_eq, w, v[g])[pair_mask])  # [P, h, k]
+            heads.append(gather_pairs(torch.einsum(mix_eq, w, v[g]), pairs))  # [P, h, k]
         return torch.stack(heads, dim=1).flatten(1)  # Concat(head_1..head_4): [P, D]
 
-    def forward(self, q, kv, pair_mask):
+    def forward(self, q, kv, pairs):
         """q = self.q(X) [P, D], kv = kv(M) [P, 2D] -> the temporary matrix of Eq. (7), [P, D]."""
-        return self.drop(self.out(self.attend(q, kv, pair_mask)))
+        return self.drop(self.out(self.attend(q, kv, pairs)))
 
 
 class FullAttentionUnit(ECAUnit):
     """Ablation "w/o ECA" (Table 4): standard multi-head attention of every pair over all valid pairs."""
 
-    def attend(self, q, kv, pair_mask):
-        B, N, _ = pair_mask.shape
+    def attend(self, q, kv, pairs):
+        B, N, _ = pairs.mask.shape
         heads = 4 * self.h
         shape = (B, N * N, heads, self.k)
-        q = scatter_pairs(q / math.sqrt(self.k), pair_mask).view(shape)
-        keys, vals = scatter_pairs(kv, pair_mask).chunk(2, dim=-1)
+        q = scatter_pairs(q / math.sqrt(self.k), pairs).view(shape)
+        keys, vals = scatter_pairs(kv, pairs).chunk(2, dim=-1)
         scores = torch.einsum("bqhk,bphk->bhqp", q, keys.reshape(shape))  # [B, heads, N^2, N^2]
-        w = masked_softmax(scores, pair_mask.view(B, 1, 1, N * N))
+        w = masked_softmax(scores, pairs.mask.view(B, 1, 1, N * N))
         out = torch.einsum("bhqp,bphk->bqhk", w, vals.reshape(shape))  # [B, N^2, heads, k]
-        return out.reshape(B, N, N, heads * self.k)[pair_mask]
+        return gather_pairs(out.reshape(B, N, N, heads * self.k), pairs)
 
 
 class FNN(nn.Sequential):
@@ -122,10 +128,10 @@ class InferenceLayer(nn.Module):
         key/value projections. Constant across the K iterations when F = F_0 (the first layer)."""
         return self.eca_f.q(f), self.eca_f.feature_part(f), self.eca_r.feature_part(f)
 
-    def forward(self, f, r, pair_mask, fixed=None):
+    def forward(self, f, r, pairs, fixed=None):
         q_f, fkv_f, fkv_r = self.fixed(f) if fixed is None else fixed
-        f_t = self.eca_f(q_f, self.eca_f.keys_values(fkv_f, r), pair_mask)  # F~_l, Eq. (7)
-        r_t = self.eca_r(self.eca_r.q(r), self.eca_r.keys_values(fkv_r, r), pair_mask)  # R~_l, Eq. (7)
+        f_t = self.eca_f(q_f, self.eca_f.keys_values(fkv_f, r), pairs)  # F~_l, Eq. (7)
+        r_t = self.eca_r(self.eca_r.q(r), self.eca_r.keys_values(fkv_r, r), pairs)  # R~_l, Eq. (7)
         if self.fusion:
             s = torch.sigmoid(self.gate(torch.cat([f_t, r_t], dim=-1)))  # Eq. (8)
             f_in = r_in = s * f_t + (1 - s) * r_t  # Eq. (9)
@@ -153,13 +159,13 @@ class InferenceModule(nn.Module):
         """R_0 = emb(argmax P): [P, C] logits -> [P, D]."""
         return self.rel_emb(logits.argmax(-1))
 
-    def encode(self, f, r, pair_mask, fixed=None):
+    def encode(self, f, r, pairs, fixed=None):
         """Run the N_I layers; returns the top-layer (F_NI, R_NI). ``fixed`` = layers[0].fixed(f), reusable."""
         for i, layer in enumerate(self.layers):
-            f, r = layer(f, r, pair_mask, fixed if i == 0 else None)
+            f, r = layer(f, r, pairs, fixed if i == 0 else None)
         return f, r
 
-    def forward(self, f0, r0, pair_mask, fixed=None):
+    def forward(self, f0, r0, pairs, fixed=None):
         """One pass: (F_0, R_0^(k)) -> (F_NI, R_NI^(k), logits of P^(k+1)), Eq. (5)-(12)."""
-        f, r = self.encode(f0, r0, pair_mask, fixed)
+        f, r = self.encode(f0, r0, pairs, fixed)
         return f, r, self.classifier(torch.cat([f, r], dim=-1))

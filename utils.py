@@ -3,6 +3,7 @@ import json
 import os
 import random
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -62,6 +63,26 @@ def atomic_write_json(path, obj, indent=None):
     atomic_write_bytes(path, json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8"))
 
 
+class Pairs(NamedTuple):
+    """The valid entity pairs of a batch: ``mask`` [B, N, N] and their packed coordinates ``b``, ``s``, ``o``
+    [P] in row-major order (as mask.nonzero() lists them). collate_fn computes the coordinates on the CPU,
+    so gathering and scattering pairs with them on a GPU never waits for the device, which indexing with
+    the boolean mask would (its result size is data-dependent: a host-device synchronisation)."""
+    mask: torch.Tensor
+    b: torch.Tensor
+    s: torch.Tensor
+    o: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask):
+        return cls(mask, *mask.nonzero(as_tuple=True))
+
+    @classmethod
+    def of(cls, batch):
+        """The pairs of a collate_fn batch (pair_index [3, P] unbinds into b, s, o: views, no copy)."""
+        return cls(batch["pair_mask"], *batch["pair_index"])
+
+
 def collate_fn(features):
     """Pad a list of prepro features into the batch tensors the model reads (shapes in model.py).
 
@@ -102,9 +123,12 @@ def collate_fn(features):
         labels[b, ht[:, 0], ht[:, 1]] = pair_labels
     eye = torch.eye(N, dtype=torch.bool)
     pair_mask = entity_mask[:, :, None] & entity_mask[:, None, :] & ~eye
+    # Packed over the P valid pairs (Pairs order): coordinates [3, P], labels [P, C], scored pairs [S].
+    pair_index = pair_mask.nonzero().t().contiguous()
+    scored = label_mask[pair_mask].nonzero()[:, 0]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mention_pos": mention_pos,
-            "mention_mask": mention_mask, "entity_mask": entity_mask, "pair_mask": pair_mask,
-            "label_mask": label_mask, "labels": labels, "hts": hts}
+            "mention_mask": mention_mask, "pair_mask": pair_mask, "pair_index": pair_index,
+            "label_mask": label_mask, "scored": scored, "pair_labels": labels[pair_mask], "hts": hts}
 
 
 def move_to(batch, device):

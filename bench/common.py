@@ -123,7 +123,7 @@ def batch_stats(batches):
     docs = sum(b["input_ids"].size(0) for b in batches)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     pairs = sum(int(b["pair_mask"].sum()) for b in batches)
-    ents = sum(int(b["entity_mask"].sum()) for b in batches)
+    ents = sum(int(b["pair_mask"].any(-1).sum()) for b in batches)
     return {"docs": docs, "tokens": tokens, "pairs": pairs, "entities": ents,
             "max_entities": max(b["pair_mask"].size(1) for b in batches),
             "max_len": max(b["input_ids"].size(1) for b in batches)}

@@ -9,7 +9,7 @@ import base_module
 import helpers
 from base_module import BaseModule, LongEncoder
 from losses import at_loss
-from utils import collate_fn
+from utils import Pairs, collate_fn
 
 CLS, SEP, STAR = 1, 2, 3
 NUM_CLASS = 4
@@ -37,7 +37,7 @@ def docs():
 
 def run_base(base, batch):
     return base(batch["input_ids"], batch["attention_mask"], batch["mention_pos"], batch["mention_mask"],
-                batch["pair_mask"])
+                Pairs.of(batch))
 
 
 def make_base(emb_size=24, seed=0):
@@ -59,6 +59,13 @@ def test_shapes_and_masks():
         for s in range(4):
             for o in range(4):
                 assert bool(batch["pair_mask"][b, s, o]) == (s < n and o < n and s != o)
+    # packed pair coordinates, labels and scored positions (utils.Pairs order)
+    assert torch.equal(batch["pair_index"], batch["pair_mask"].nonzero().t())
+    packed = {tuple(x): i for i, x in enumerate(batch["pair_mask"].nonzero().tolist())}
+    for b, f in enumerate(feats):
+        for (h, t), rels in zip(f["hts"], f["labels"]):
+            assert batch["pair_labels"][packed[(b, h, t)]].nonzero()[:, 0].tolist() == (sorted(rels) or [0])
+    assert batch["scored"].tolist() == sorted(packed[(b, h, t)] for b, f in enumerate(feats) for h, t in f["hts"])
     # mention mask counts the mentions per entity
     assert batch["mention_mask"][1].sum(-1).tolist() == [1, 3, 1, 2]
     assert batch["mention_pos"][1, 1].tolist() == [4, 10, 20]
@@ -124,13 +131,13 @@ def test_entity_without_mentions_gets_zeros_and_no_nan():
     assert h[0, 1].abs().max() == 0 and A[0, 1].abs().max() == 0
     f, logits = run_base(base, batch)
     assert torch.isfinite(f).all() and torch.isfinite(logits).all()
-    labels = batch["labels"][batch["pair_mask"]]
+    labels = batch["pair_labels"]
     (at_loss(logits, labels) + h.sum()).backward()
     grads = [p.grad for p in base.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert base.encoder.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     # localized context of a pair with the mention-less entity is zero: c = 0 / (0 + 1e-5)
-    c = BaseModule.localized_context(seq, A, batch["pair_mask"])
+    c = BaseModule.localized_context(seq, A, Pairs.of(batch))
     packed = batch["pair_mask"].nonzero().tolist()
     for p, (b, s, o) in enumerate(packed):
         if b == 0 and 1 in (s, o):
@@ -145,7 +152,7 @@ def test_localized_context_eq1_against_per_pair_reference():
     A[1, 3] = 0.0  # a padded / mention-less entity
     ent = torch.tensor([[True] * 4, [True, True, True, False]])
     pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
-    c = BaseModule.localized_context(seq, A, pair_mask)
+    c = BaseModule.localized_context(seq, A, Pairs.from_mask(pair_mask))
     refs = []
     for b, s, o in pair_mask.nonzero().tolist():
         a = (A[b, s] * A[b, o]).mean(0)  # mean over heads of A_s o A_o: [L]
@@ -166,7 +173,7 @@ def test_pair_features_eq2_eq3_against_full_concatenation():
     P = int(pair_mask.sum())
     c = torch.randn(P, d, dtype=torch.float64)
     with torch.no_grad():
-        out = base.pair_features(h, c, pair_mask)
+        out = base.pair_features(h, c, Pairs.from_mask(pair_mask))
         refs = []
         for p, (b, s, o) in enumerate(pair_mask.nonzero().tolist()):
             zs = torch.tanh(base.head_extractor(torch.cat([h[b, s], c[p]])))  # tanh(W_s [h(e_s), c_so])
@@ -265,3 +272,34 @@ def test_default_window_from_position_limit(model_type, expected):
     base = BaseModule(enc, [CLS], [SEP], NUM_CLASS)
     assert base.encoder.window == expected
     assert base.emb_size == 32
+
+
+@pytest.mark.parametrize("config_cls", [transformers.BertConfig, transformers.RobertaConfig])
+def test_sdpa_except_last_equals_eager(config_cls):
+    """--attention sdpa: SDPA in every layer but the last gives the eager encoder's states and last-layer map,
+    with padding and through the two-window path, in float64 (eval mode: no dropout)."""
+    cfg = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=40)
+    torch.manual_seed(0)
+    eager = base_module.encoder_from_config(config_cls(**cfg), "eager").double().eval()
+    sdpa = base_module.encoder_from_config(config_cls(**cfg), "sdpa").double().eval()
+    sdpa.load_state_dict(eager.state_dict())
+    window = 38 if config_cls is transformers.RobertaConfig else 40
+    ids = torch.randint(5, 100, (2, 60))
+    mask = torch.ones(2, 60, dtype=torch.long)
+    mask[1, 25:] = 0  # one long document (two windows) and one short, padded one
+    for long_ids, long_mask in ((ids, mask), (ids[:, :window], mask[:, :window])):
+        seq_e, att_e = LongEncoder(eager, [CLS], [SEP], window)(long_ids, long_mask)
+        seq_s, att_s = LongEncoder(sdpa, [CLS], [SEP], window)(long_ids, long_mask)
+        assert torch.allclose(seq_s, seq_e, atol=1e-10) and torch.allclose(att_s, att_e, atol=1e-10)
+        assert att_s.shape == (2, 4, long_ids.size(1), long_ids.size(1))
+
+
+def test_sdpa_except_last_keeps_only_the_last_attention_map():
+    """The point of --attention sdpa: the encoder keeps one attention map (the last layer's), not one per layer."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    enc = base_module.encoder_from_config(cfg, "sdpa").train()
+    out = enc(input_ids=torch.randint(5, 100, (2, 20)), output_attentions=True)
+    assert len(out.attentions) == 1 and out.attentions[0].shape == (2, 4, 20, 20)

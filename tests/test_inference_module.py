@@ -7,15 +7,17 @@ import torch
 
 import inference_module
 from inference_module import ECAUnit, FullAttentionUnit, InferenceLayer, InferenceModule, masked_softmax
+from utils import Pairs
 
 D = 16
 COUNTS = [5, 3, 2]  # entities per document, padded to N = 5
 
 
 def make_pair_mask(counts, n=None):
+    """utils.Pairs of documents with ``counts`` entities, padded to n."""
     n = n or max(counts)
     ent = torch.tensor([[i < c for i in range(n)] for c in counts])
-    return ent[:, :, None] & ent[:, None, :] & ~torch.eye(n, dtype=torch.bool)
+    return Pairs.from_mask(ent[:, :, None] & ent[:, None, :] & ~torch.eye(n, dtype=torch.bool))
 
 
 def packed_index(counts):
@@ -78,7 +80,8 @@ def rand_inputs(counts=COUNTS, dim=D, seed=0):
 
 def test_pair_mask_and_packing_helpers():
     pm = make_pair_mask(COUNTS)
-    assert [tuple(x) for x in pm.nonzero().tolist()] == list(packed_index(COUNTS))
+    assert [tuple(x) for x in pm.mask.nonzero().tolist()] == list(packed_index(COUNTS))
+    assert list(zip(pm.b.tolist(), pm.s.tolist(), pm.o.tolist())) == list(packed_index(COUNTS))
 
 
 @pytest.mark.parametrize("h", [1, 2])
@@ -127,10 +130,10 @@ def test_invalid_pairs_get_zero_weight(unit_cls, monkeypatch):
     clean = unit.attend(q, kv, pm)
     real = inference_module.scatter_pairs
 
-    def garbage_scatter(x, pair_mask):
-        out = real(x, pair_mask)
+    def garbage_scatter(x, pairs):
+        out = real(x, pairs)
         noise = 1e3 * torch.randn(out.shape, dtype=out.dtype)
-        return torch.where(pair_mask[..., None], out, noise)
+        return torch.where(pairs.mask[..., None], out, noise)
 
     monkeypatch.setattr(inference_module, "scatter_pairs", garbage_scatter)
     dirty = unit.attend(q, kv, pm)
@@ -251,7 +254,7 @@ def test_inference_module_forward_and_classifier():
     C, feat_dim = 6, 24
     mod = InferenceModule(feat_dim, D, C, num_layers=2, heads_per_line=1, dropout=0.0).double().eval()
     pm = make_pair_mask(COUNTS)
-    P = int(pm.sum())
+    P = int(pm.mask.sum())
     feats = torch.randn(P, feat_dim, dtype=torch.float64)
     logits0 = torch.randn(P, C, dtype=torch.float64)
     f0 = mod.reduce(feats)

@@ -11,7 +11,7 @@ import helpers
 from base_module import BaseModule
 from inference_module import InferenceModule
 from model import DocREModel, inject_noise
-from utils import collate_fn
+from utils import Pairs, collate_fn
 
 CLS, SEP, STAR = 1, 2, 3
 C = 5
@@ -74,7 +74,7 @@ def test_inject_noise_counts_and_labels(max_rate):
     per_doc = torch.tensor(SIZES)
     for seed in range(8):
         torch.manual_seed(seed)
-        noisy, chosen = inject_noise(pred, doc, max_rate, C, gold)
+        noisy, chosen = inject_noise(pred, doc, len(SIZES), max_rate, C, gold)
         # re-draw the per-document rate r ~ U(0, max_rate) from the same RNG state (the function's first draw)
         torch.manual_seed(seed)
         rate = torch.rand(len(SIZES)) * max_rate
@@ -99,7 +99,7 @@ def test_inject_noise_without_gold_and_randomness():
     seen_classes, seen_pairs = set(), torch.zeros(len(doc), dtype=torch.bool)
     torch.manual_seed(0)
     for _ in range(60):
-        noisy, chosen = inject_noise(pred, doc, 1.0, C)
+        noisy, chosen = inject_noise(pred, doc, int(doc.max()) + 1, 1.0, C)
         assert (noisy[chosen] != pred[chosen]).all()
         seen_classes |= set(noisy[chosen & (pred == 0)].tolist())
         seen_pairs |= chosen
@@ -115,10 +115,12 @@ def test_inject_noise_two_classes_fallback():
     # half the pairs: gold differs from pred, so "neither pred nor gold" leaves no class -> fallback
     gold[torch.arange(n), (torch.arange(n) // 2) % 2] = 1.0
     torch.manual_seed(0)
+    draws_with_noise = 0
     for _ in range(10):
-        noisy, chosen = inject_noise(pred, doc, 1.0, 2, gold)
-        assert chosen.any()
+        noisy, chosen = inject_noise(pred, doc, 1, 1.0, 2, gold)
+        draws_with_noise += bool(chosen.any())  # r ~ U(0, 1) x 40 pairs rounds to 0 with probability 1/80
         assert torch.equal(noisy[chosen], 1 - pred[chosen])
+    assert draws_with_noise >= 8
 
 
 def test_inject_noise_bound_at_40_percent():
@@ -126,7 +128,7 @@ def test_inject_noise_bound_at_40_percent():
     pred = torch.zeros(len(doc), dtype=torch.long)
     torch.manual_seed(1)
     for _ in range(200):
-        _, chosen = inject_noise(pred, doc, 0.4, C)
+        _, chosen = inject_noise(pred, doc, 5, 0.4, C)
         for b, n in enumerate([3, 7, 10, 31, 100]):
             assert int(chosen[doc == b].sum()) <= math.floor(0.4 * n + 0.5)
 
@@ -145,7 +147,7 @@ def test_predict_feeds_back_previous_argmax():
     P = int(batch["pair_mask"].sum())
     assert all(p.shape == (P, C) for p in passes)
     with torch.no_grad():
-        feats, logits0 = model.base_forward(batch)
+        feats, logits0 = model.base_forward(batch, Pairs.of(batch))
         f0 = model.inference.reduce(feats)
         torch.testing.assert_close(passes[0], logits0)  # pass 0 = the base module
         assert len(emb_inputs) == 3 and len(inf_inputs) == 3
@@ -153,7 +155,7 @@ def test_predict_feeds_back_previous_argmax():
             idx = passes[k].argmax(-1)
             assert torch.equal(emb_inputs[k], idx)  # R_0^(k) = emb(argmax P^(k))
             torch.testing.assert_close(inf_inputs[k], model.inference.rel_emb.weight[idx])
-            _, _, ref = model.inference(f0, model.inference.rel_emb(idx), batch["pair_mask"])
+            _, _, ref = model.inference(f0, model.inference.rel_emb(idx), Pairs.of(batch))
             torch.testing.assert_close(passes[k + 1], ref, atol=1e-5, rtol=1e-5)
     # the refinement changes the logits (a real pass, not the base logits again)
     assert (passes[1] - passes[0]).abs().max() > 1e-3
@@ -171,9 +173,9 @@ def test_predict_loop_input_changes_with_previous_pass(monkeypatch):
     real_forward = model.inference.forward
     seen = []
 
-    def fake_forward(f0, r0, pair_mask, fixed=None):
+    def fake_forward(f0, r0, pairs, fixed=None):
         seen.append(r0.clone())
-        f, r, logits = real_forward(f0, r0, pair_mask, fixed)
+        f, r, logits = real_forward(f0, r0, pairs, fixed)
         return f, r, torch.nn.functional.one_hot(forced, C).float() * 10.0
 
     monkeypatch.setattr(model.inference, "forward", fake_forward)
