@@ -131,6 +131,11 @@ class BaseModule(nn.Module):
         self.pair_fnn = nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, e))  # FNN of Eq. (2)-(3)
         self.classifier = nn.Linear(e, num_class)  # W_r, b_r of Eq. (4)
 
+    def unused_parameters(self):
+        """Encoder parameters the forward pass never reaches: the pooler that HF BERT/RoBERTa compute."""
+        pooler = getattr(self.encoder.encoder, "pooler", None)
+        return list(pooler.parameters()) if pooler is not None else []
+
     def pool_entities(self, seq, att, mention_pos, mention_mask):
         """Mention = state of its start '*'; entity = logsumexp over mentions; entity attention = mean.
 

@@ -143,21 +143,31 @@ class InferenceLayer(nn.Module):
 
 
 class InferenceModule(nn.Module):
-    """N_I inference layers and the classifier of Eq. (12). The relation embedding emb(.) lives here too."""
+    """N_I inference layers and the classifier of Eq. (12); the projection of the base features and the
+    relation embedding emb(.) live here too. Used through ``forward`` (one pass) and ``iterate`` (K passes)."""
 
     def __init__(self, feat_dim, dim, num_class, num_layers=2, heads_per_line=1, dropout=0.1,
-                 eca="eca", fusion=True):
+                 eca="eca", fusion=True, classifier_layers=1, rel_emb_init="normal"):
         super().__init__()
         # The base features (width e) are projected to the module width D, as in the authors' code.
         self.reduce = nn.Sequential(nn.Linear(feat_dim, dim, bias=False), nn.Dropout(dropout))
         self.rel_emb = nn.Embedding(num_class, dim)  # emb(.) of R_0 = emb(argmax p)
+        if rel_emb_init == "xavier":  # the authors' init: entries ~1/17 of nn.Embedding's N(0, 1)
+            nn.init.xavier_uniform_(self.rel_emb.weight)
         self.layers = nn.ModuleList(
             InferenceLayer(dim, heads_per_line, dropout, eca, fusion) for _ in range(num_layers))
-        self.classifier = nn.Linear(2 * dim, num_class)  # W_c, b_c of Eq. (12)
+        if classifier_layers == 1:
+            self.classifier = nn.Linear(2 * dim, num_class)  # W_c, b_c of Eq. (12)
+        else:  # the authors' classifier: W_c maps [F, R] to D first (then dropout, LayerNorm, a linear layer)
+            self.classifier = nn.Sequential(nn.Linear(2 * dim, dim), nn.Dropout(dropout), nn.LayerNorm(dim),
+                                            nn.Linear(dim, num_class))
 
-    def relation_matrix(self, logits):
-        """R_0 = emb(argmax P): [P, C] logits -> [P, D]."""
-        return self.rel_emb(logits.argmax(-1))
+    def relation_matrix(self, relations):
+        """R_0: relation ids [P] -> emb(ids) (Eq. 12's emb(argmax P)), or a multi-hot [P, C] -> the sum of the
+        embeddings of its relations (the authors' reading); -> [P, D]."""
+        if relations.dim() == 1:
+            return self.rel_emb(relations)
+        return relations.to(self.rel_emb.weight.dtype) @ self.rel_emb.weight
 
     def encode(self, f, r, pairs, fixed=None):
         """Run the N_I layers; returns the top-layer (F_NI, R_NI). ``fixed`` = layers[0].fixed(f), reusable."""
@@ -165,7 +175,25 @@ class InferenceModule(nn.Module):
             f, r = layer(f, r, pairs, fixed if i == 0 else None)
         return f, r
 
-    def forward(self, f0, r0, pairs, fixed=None):
-        """One pass: (F_0, R_0^(k)) -> (F_NI, R_NI^(k), logits of P^(k+1)), Eq. (5)-(12)."""
-        f, r = self.encode(f0, r0, pairs, fixed)
+    def forward(self, feats, relations, pairs, swap=False):
+        """One pass, Eq. (5)-(12): base features [P, e] and relations (ids [P] or multi-hot [P, C], the R_0 of
+        ``relation_matrix``) -> (F_NI, R_NI, logits [P, C]). ``swap`` feeds (R_0, F_0) in place of (F_0, R_0):
+        the second view of the contrastive loss (Fig. 4)."""
+        f0, r0 = self.reduce(feats), self.relation_matrix(relations)
+        f, r = self.encode(r0, f0, pairs) if swap else self.encode(f0, r0, pairs)
         return f, r, self.classifier(torch.cat([f, r], dim=-1))
+
+    def iterate(self, feats, scores, pairs, passes, decode, accumulate=False):
+        """Fig. 2's loop: pass k + 1 reads R_0 = decode(scores of pass k) and the same F_0, so what the first layer
+        derives from F_0 alone is computed once. ``scores``: the base module's logits [P, C] (pass 0). Returns the
+        scores of passes 1..K: each pass's logits, or with ``accumulate`` the base logits plus the logits of every
+        pass so far (the authors' test-time score)."""
+        f0 = self.reduce(feats)
+        fixed = self.layers[0].fixed(f0) if len(self.layers) else None
+        out = []
+        for _ in range(passes):
+            f, r = self.encode(f0, self.relation_matrix(decode(scores)), pairs, fixed)
+            logits = self.classifier(torch.cat([f, r], dim=-1))
+            scores = scores + logits if accumulate else logits
+            out.append(scores)
+        return out

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 
-def at_loss(logits, labels):
-    """Adaptive-threshold loss, Eq. (13), averaged over pairs.
+def at_loss(logits, labels, weight=None):
+    """Adaptive-threshold loss, Eq. (13), averaged over pairs (weighted by ``weight`` [P] when given: a 0/1 weight
+    averages over a subset of the pairs without indexing them).
 
     logits: [P, C]; labels: [P, C] multi-hot, column 0 = 1 exactly for pairs with no relation.
     First term: every positive relation against {positives, TH}; second term: TH against {negatives, TH}.
@@ -25,7 +26,9 @@ def at_loss(logits, labels):
     neg_logits = logits.masked_fill(labels == 1, very_negative)
     loss_th = -(F.log_softmax(neg_logits, dim=-1) * th).sum(-1)
     # sum / count rather than mean: a batch with no scored pair gives 0, not NaN
-    return (loss_pos + loss_th).sum() / max(1, logits.size(0))
+    if weight is None:
+        return (loss_pos + loss_th).sum() / max(1, logits.size(0))
+    return ((loss_pos + loss_th) * weight).sum() / weight.sum().clamp(min=1)
 
 
 def get_label(logits, num_labels=-1):

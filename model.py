@@ -6,70 +6,187 @@ Per-pair tensors are packed over the P valid pairs in pair_mask.nonzero() order:
 are their labels and scored [S] the packed positions of the pairs that are scored (all valid pairs for
 DocRED, the candidate pairs for CDR/GDA). Nothing in a training step waits for the GPU: the pair
 coordinates come from the CPU and every random choice is made for all pairs at once.
+
+Stage 2 has two readings (README, "Faithfulness"): the paper's, the defaults of ``Recipe``, and the one of the
+authors' code (``Recipe.authors()``): relations built from the gold labels, noise on the positives and on a
+sample of negatives, losses on those pairs only, weights 5 : 5 : 5 : 1, a one-sided contrastive target, and
+the sum of every pass's logits as the test-time score.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from base_module import BaseModule
 from inference_module import InferenceModule
-from losses import at_loss, simclr_loss, simsiam_loss
+from losses import at_loss, get_label, simclr_loss, simsiam_loss
 from utils import Pairs
 
+# The authors' noise rates (their create_sample): positives r ~ U(0.2, 0.5), sampled negatives r ~ U(0.05, 0.15).
+AUTHORS_NOISE_POSITIVES = (0.2, 0.5)
+AUTHORS_NOISE_NEGATIVES = (0.05, 0.15)
 
-def inject_noise(pred, doc, num_docs, max_rate, num_class, gold=None):
-    """Noise of Section 2.3: per document a rate r ~ U(0, max_rate) is drawn and round(r * #pairs) of its
-    pairs, chosen uniformly, get an incorrect relation instead of their predicted one.
 
-    pred [P] predicted classes of packed pairs; doc [P] their document index in [0, num_docs)
-    (non-decreasing, as pair_mask.nonzero() gives); gold [P, C] multi-hot (optional). A replacement is
-    drawn uniformly from the classes that are neither the prediction nor a gold relation of the pair (if
-    that leaves none, as can happen with 2 classes, from the classes other than the prediction).
-    Returns (noisy [P], chosen [P] bool).
+@dataclass
+class Recipe:
+    """How stage 2 trains and how the K passes are scored. Defaults: the paper's reading."""
+    train_relations: str = "pred"  # R_0 in training: the base module's predictions, or the gold labels ("gold")
+    relation_input: str = "argmax"  # R_0 = emb(argmax P), or "multihot": the sum of the predicted relations' emb
+    noise_on: str = "all"  # "all": r ~ U(0, noise_max) of each document's valid pairs; "sampled": the authors'
+    noise_max: float = 0.4
+    negative_ratio: int = 0  # 0: AT losses on all scored pairs; K: positives + K x #positives sampled negatives
+    loss_weights: tuple = (1.0, 1.0, 0.0, 1.0)  # base AT, view-A AT, view-B AT, contrastive
+    contrastive: str = "simsiam"  # or "simclr" (ablation w/ negative pairs) or "none"
+    contrastive_target: str = "symmetric"  # Eq. (14); "stopgrad": the authors' one-sided, no-grad swapped target
+    temperature: float = 0.1  # SimCLR only
+    test_logits: str = "last"  # the K-th pass's logits; "sum": base logits + every pass's logits
+    num_labels: int = 4  # at most this many relations per pair when decoding a multi-hot
+
+    @classmethod
+    def authors(cls, **changes):
+        return cls(**{"train_relations": "gold", "relation_input": "multihot", "noise_on": "sampled",
+                      "negative_ratio": 5, "loss_weights": (5.0, 5.0, 5.0, 1.0), "contrastive_target": "stopgrad",
+                      "test_logits": "sum", **changes})
+
+
+def choose(eligible, group, num_groups, counts):
+    """A uniformly random subset of the eligible pairs of each group: counts[g] of them (all if fewer).
+
+    eligible [P] bool, group [P] group index in [0, num_groups) (non-decreasing), counts [num_groups] long.
+    Without data-dependent shapes: each pair gets a uniformly random rank among its group's eligible pairs.
     """
-    dev = pred.device
-    per_doc = torch.zeros(num_docs, dtype=torch.long, device=dev).index_add_(0, doc, torch.ones_like(doc))  # [B]
-    rate = torch.rand(num_docs, device=dev) * max_rate
-    n_noisy = torch.round(rate * per_doc).long()
-    # A uniformly random rank of each pair within its document: sort by doc + U(0, 1).
-    order = torch.argsort(doc.to(torch.float64) + torch.rand(doc.shape, device=dev, dtype=torch.float64))
-    start = torch.cumsum(per_doc, 0) - per_doc  # first packed index of each document
-    rank = torch.empty_like(doc)
-    rank[order] = torch.arange(doc.numel(), device=dev) - start[doc[order]]
-    chosen = rank < n_noisy[doc]
-    # A replacement is drawn for every pair and kept where the pair was chosen (no data-dependent shapes).
-    not_pred = torch.ones(pred.size(0), num_class, device=dev).scatter_(1, pred[:, None], 0.0)
-    allowed = not_pred if gold is None else not_pred * (1 - gold.float())
-    allowed = torch.where(allowed.sum(1, keepdim=True) > 0, allowed, not_pred)
+    dev = group.device
+    size = torch.zeros(num_groups, dtype=torch.long, device=dev).index_add_(0, group, torch.ones_like(group))
+    # Sort by group, eligible pairs first in a random order: key = 3 * group + (U(0, 1) if eligible else 2).
+    u = torch.rand(group.shape, device=dev, dtype=torch.float64)
+    order = torch.argsort(3 * group.to(torch.float64) + torch.where(eligible, u, 2.0))
+    start = torch.cumsum(size, 0) - size  # first packed index of each group
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.numel(), device=dev) - start[group[order]]
+    return eligible & (rank < counts[group])
+
+
+def replace_relations(relations, gold, chosen):
+    """The chosen pairs' relations become one relation that is neither one of theirs nor a gold one (from the
+    classes other than theirs when that leaves none, as with 2 classes), drawn uniformly. [P, C] multi-hots."""
+    not_own = 1 - relations
+    allowed = not_own * (1 - gold)
+    allowed = torch.where(allowed.sum(1, keepdim=True) > 0, allowed, not_own)
     # argmax of iid uniforms restricted to the allowed classes = a uniform draw among them
-    replacement = (torch.rand_like(allowed) * allowed).argmax(1)
-    return torch.where(chosen, replacement, pred), chosen
+    replacement = F.one_hot((torch.rand_like(allowed) * allowed).argmax(1), relations.size(1)).to(relations)
+    return torch.where(chosen[:, None], replacement, relations)
+
+
+def paper_noise(doc, num_docs, max_rate):
+    """Which pairs get noise in the paper's reading (Section 2.3): per document a rate r ~ U(0, max_rate) is
+    drawn and round(r * #pairs) of its pairs are chosen uniformly. doc [P] document index in [0, num_docs)
+    (non-decreasing, as pair_mask.nonzero() gives). Returns chosen [P] bool."""
+    per_doc = torch.zeros(num_docs, dtype=torch.long, device=doc.device).index_add_(0, doc, torch.ones_like(doc))
+    rate = torch.rand(num_docs, device=doc.device) * max_rate
+    return choose(torch.ones_like(doc, dtype=torch.bool), doc, num_docs, torch.round(rate * per_doc).long())
+
+
+def sample_negatives(positive, negative, ratio):
+    """The authors' negative sampling: ratio x #positives of the negative pairs of the batch, uniformly. [P] bool."""
+    count = (ratio * positive.sum()).reshape(1)
+    return choose(negative, torch.zeros_like(positive, dtype=torch.long), 1, count)
+
+
+def sampled_noise(positive, negative):
+    """The authors' noise: int(r * n + 1) of the n positives, r ~ U(0.2, 0.5), and of the n (sampled) negatives,
+    r ~ U(0.05, 0.15), chosen uniformly over the batch. [P] bool."""
+    chosen = torch.zeros_like(positive)
+    for eligible, (low, high) in ((positive, AUTHORS_NOISE_POSITIVES), (negative, AUTHORS_NOISE_NEGATIVES)):
+        rate = low + (high - low) * torch.rand(1, device=positive.device)
+        count = (rate * eligible.sum() + 1).long()
+        chosen |= choose(eligible, torch.zeros_like(positive, dtype=torch.long), 1, count)
+    return chosen
+
+
+def parse_loss_weights(text):
+    """'1,1,0,1' -> (base AT, view-A AT, view-B AT, contrastive) weights."""
+    try:
+        weights = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 4 or min(weights) < 0:
+        raise ValueError(f"4 non-negative numbers (base, view A, view B, contrastive) expected, got {text!r}")
+    return weights
+
+
+def build_model(args, num_class, encoder, start_ids, end_ids):
+    """The model that the flags describe (train.py's argparse namespace, or any object with those fields)."""
+    base = BaseModule(encoder, start_ids, end_ids, num_class, emb_size=args.emb_size or None)
+    inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
+                                args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion,
+                                args.classifier_layers, args.rel_emb_init)
+    recipe = Recipe(args.train_relations, args.relation_input, args.noise_on, args.noise_max, args.negative_ratio,
+                    parse_loss_weights(args.loss_weights), args.contrastive, args.contrastive_target,
+                    args.temperature, args.test_logits, args.num_labels)
+    return DocREModel(base, inference, recipe, args.freeze_base)
 
 
 class DocREModel(nn.Module):
     """The whole model of Fig. 2. ``forward`` returns the training losses of a stage; ``predict`` runs Fig. 2's
     K loop."""
 
-    def __init__(self, base: BaseModule, inference: InferenceModule, noise_max=0.4, contrastive="simsiam",
-                 contrastive_weight=1.0, temperature=0.1, freeze_base=False):
+    def __init__(self, base: BaseModule, inference: InferenceModule, recipe: Recipe = None, freeze_base=False):
         super().__init__()
         self.base, self.inference = base, inference
-        self.noise_max, self.contrastive = noise_max, contrastive
-        self.contrastive_weight, self.temperature = contrastive_weight, temperature
+        self.recipe = recipe or Recipe()
         self.freeze_base = freeze_base
         width = 2 * inference.rel_emb.embedding_dim
         self.predictor = None
-        if contrastive != "none":
+        if self.recipe.contrastive != "none":
             # MLP(.) of Eq. (14): the SimSiam predictor (the projection head in the SimCLR ablation),
             # Linear-BN-ReLU-Linear with a bottleneck as in SimSiam.
             self.predictor = nn.Sequential(nn.Linear(width, width // 2), nn.BatchNorm1d(width // 2), nn.ReLU(),
                                            nn.Linear(width // 2, width))
 
+    def param_groups(self, stage, args):
+        """Optimiser groups. Stage 1: encoder at encoder_lr, base head at classifier_lr. Stage 2: inference
+        module and predictor at inference_lr, base module (or its encoder only, --stage2_base_params encoder)
+        at stage2_base_lr (the stage-1 rates with --skip_stage1). Weight decay on weight matrices only."""
+        enc = list(self.base.encoder.parameters())
+        enc_ids = {id(p) for p in enc}
+        head = [p for p in self.base.parameters() if id(p) not in enc_ids]
+        rest = [p for n, p in self.named_parameters() if not n.startswith("base.")]
+        if stage == 1:
+            groups = [(enc, args.encoder_lr), (head, args.classifier_lr)]
+        else:
+            groups = [(rest, args.inference_lr)]
+            if not args.freeze_base:
+                if args.skip_stage1:
+                    groups += [(enc, args.encoder_lr), (head, args.classifier_lr)]
+                else:
+                    groups += [(enc + head if args.stage2_base_params == "all" else enc, args.stage2_base_lr)]
+        return [{"params": [p for p in params if (p.dim() >= 2) == decay], "lr": lr,
+                 "weight_decay": args.weight_decay if decay else 0.0}
+                for params, lr in groups for decay in (True, False)]
+
+    def set_trainable(self, groups):
+        """Only the parameters being optimised, and reached by the stage's loss, require grad, so that DDP
+        (find_unused_parameters=False) never waits for a gradient that is not coming. Parameters the forward
+        pass never uses (the encoder's pooler) stay in the optimiser, which skips them: no gradient."""
+        live = {id(p) for g in groups for p in g["params"]}
+        dead = {id(p) for p in self.base.unused_parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in live and id(p) not in dead)
+
     def base_forward(self, batch, pairs):
         return self.base(batch["input_ids"], batch["attention_mask"], batch["mention_pos"], batch["mention_mask"],
                          pairs)
 
+    def decode(self, scores):
+        """The relations fed back as R_0: argmax ids [P], or the predicted multi-hot [P, C] (adaptive threshold)."""
+        if self.recipe.relation_input == "multihot":
+            return get_label(scores.detach().float(), self.recipe.num_labels)
+        return scores.argmax(-1)
+
     def forward(self, batch, stage):
-        """Training losses. Stage 1: L_R of the base module. Stage 2: L_R(base) + L_R(inference) + w * L_C."""
+        """Training losses. Stage 1: L_R of the base module. Stage 2: w_base L_R(base) + w_A L_R(view A)
+        + w_B L_R(view B) + w_C L_C (paper: 1, 1, 0, 1; the authors: 5, 5, 5, 1)."""
         pairs = Pairs.of(batch)
         scored, labels = batch["scored"], batch["pair_labels"]  # [S], [P, C]
         if stage == 1:
@@ -78,45 +195,86 @@ class DocREModel(nn.Module):
             return {"loss": loss, "base": loss.detach()}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_base):
             feats, logits0 = self.base_forward(batch, pairs)
-        doc = pairs.b
-        f0 = self.inference.reduce(feats)
-        pred0 = logits0.detach().argmax(-1)
-        gold = torch.zeros_like(labels).index_copy_(0, scored, labels[scored])  # gold relations of scored pairs
-        B, C = pairs.mask.size(0), labels.size(-1)
-        noisy_a, _ = inject_noise(pred0, doc, B, self.noise_max, C, gold)  # R-bar_0^(0)
-        f_a, r_a, logits_a = self.inference(f0, self.inference.rel_emb(noisy_a), pairs)
-        out = {"inference": at_loss(logits_a[scored], labels[scored])}
-        if not self.freeze_base:
+        r, w = self.recipe, self.recipe.loss_weights
+        is_scored = torch.zeros_like(labels[:, 0], dtype=torch.bool).index_fill_(0, scored, True)
+        gold = torch.where(is_scored[:, None], labels, F.one_hot(torch.zeros_like(pairs.b), labels.size(1)).to(labels))
+        positive = is_scored & (gold[:, 0] == 0)
+        view_a, loss_a = self.training_view(logits0, gold, pairs, is_scored, positive)
+        f_a, r_a, logits_a = self.inference(feats, view_a, pairs)  # R-bar_0^(0) -> M-bar_NI
+        out = {"inference": self.loss_on(logits_a, labels, scored, loss_a)}
+        if not self.freeze_base and w[0]:
             # The paper keeps L_R on the base module in stage 2 ("in addition to L_R"), as does the authors' code.
-            out["base"] = at_loss(logits0[scored], labels[scored])
-        if self.predictor is not None and len(doc) > 1:  # BatchNorm needs two pairs or more
-            noisy_b, _ = inject_noise(pred0, doc, B, self.noise_max, C, gold)  # R-hat_0^(0)
-            # The second view swaps the inputs: (R-hat, F_0) through the same module (Fig. 4).
-            f_b, r_b = self.inference.encode(self.inference.rel_emb(noisy_b), f0, pairs)
-            m_a = torch.cat([f_a, r_a], dim=-1)  # M-bar_NI: [P, 2D]
-            m_b = torch.cat([f_b, r_b], dim=-1)  # M-hat_NI: [P, 2D]
-            p_a, p_b = self.predictor(m_a), self.predictor(m_b)
-            if self.contrastive == "simsiam":
-                out["contrastive"] = simsiam_loss(p_a, m_a, p_b, m_b)
-            else:
-                out["contrastive"] = simclr_loss(p_a, p_b, doc, self.temperature)
-        loss = out["inference"] + out.get("base", 0.0) + self.contrastive_weight * out.get("contrastive", 0.0)
+            out["base"] = self.loss_on(logits0, labels, scored, self.loss_pairs(is_scored, positive))
+        if (self.predictor is not None and len(pairs.b) > 1) or w[2]:  # BatchNorm needs two pairs or more
+            view_b, loss_b = self.training_view(logits0, gold, pairs, is_scored, positive)  # R-hat_0^(0)
+            # The paper's second view swaps the inputs: (R-hat, F_0) through the same module (Fig. 4); in the
+            # authors' code both views run (F, R), and their swapped passes are no-grad targets.
+            symmetric = r.contrastive_target == "symmetric"
+            f_b, r_b, logits_b = self.inference(feats, view_b, pairs, swap=symmetric)
+            if w[2]:
+                out["inference_b"] = self.loss_on(logits_b, labels, scored, loss_b)
+            if self.predictor is not None and len(pairs.b) > 1:
+                m_a = torch.cat([f_a, r_a], dim=-1)  # M-bar_NI: [P, 2D]
+                m_b = torch.cat([f_b, r_b], dim=-1)  # M-hat_NI: [P, 2D]
+                p_a, p_b = self.predictor(m_a), self.predictor(m_b)
+                if r.contrastive == "simclr":
+                    out["contrastive"] = simclr_loss(p_a, p_b, pairs.b, r.temperature)
+                elif symmetric:
+                    out["contrastive"] = simsiam_loss(p_a, m_a, p_b, m_b)
+                else:
+                    with torch.no_grad():
+                        t_a = torch.cat(self.inference(feats, view_a, pairs, swap=True)[:2], dim=-1)
+                        t_b = torch.cat(self.inference(feats, view_b, pairs, swap=True)[:2], dim=-1)
+                    out["contrastive"] = simsiam_loss(p_a, t_a, p_b, t_b)  # D(p_a, sg t_b) + D(p_b, sg t_a)
+        weights = {"base": w[0], "inference": w[1], "inference_b": w[2], "contrastive": w[3]}
+        loss = sum(weights[k] * v for k, v in out.items())
         out = {k: v.detach() for k, v in out.items()}
         out["loss"] = loss
         return out
 
+    def loss_pairs(self, is_scored, positive):
+        """Which pairs an AT loss covers: None = every scored pair; else a [P] bool mask of the positives and
+        negative_ratio x #positives sampled negatives (the authors' negative sampling, one sample per loss)."""
+        if not self.recipe.negative_ratio:
+            return None
+        return positive | sample_negatives(positive, is_scored & ~positive, self.recipe.negative_ratio)
+
+    def training_view(self, logits0, gold, pairs, is_scored, positive):
+        """R_0 of one view of stage-2 training with its noise (Section 2.3), and the pairs its AT loss covers.
+
+        The clean relations are the base module's predictions (paper) or the gold labels (authors); the noised
+        pairs are r ~ U(0, noise_max) of every document's valid pairs (paper), or the authors' choice among the
+        positives and the negatives of the view's loss pairs. Returns (ids [P] or multi-hot [P, C], mask or None).
+        """
+        r = self.recipe
+        if r.train_relations == "gold":
+            clean = gold
+        elif r.relation_input == "multihot":
+            clean = get_label(logits0.detach().float(), r.num_labels)
+        else:
+            clean = F.one_hot(logits0.detach().argmax(-1), gold.size(1)).to(gold)
+        loss_mask = self.loss_pairs(is_scored, positive)
+        if r.noise_on == "all":
+            chosen = paper_noise(pairs.b, pairs.mask.size(0), r.noise_max)
+        else:
+            negatives = (is_scored if loss_mask is None else loss_mask) & ~positive
+            chosen = sampled_noise(positive, negatives)
+        noisy = replace_relations(clean, gold * is_scored[:, None], chosen)
+        return (noisy if r.relation_input == "multihot" else noisy.argmax(-1)), loss_mask
+
+    @staticmethod
+    def loss_on(logits, labels, scored, mask):
+        """AT loss on the scored pairs (mask None) or on the pairs of a [P] bool mask (a weighted mean: no sync)."""
+        if mask is None:
+            return at_loss(logits[scored], labels[scored])
+        return at_loss(logits, labels, weight=mask.float())
+
     @torch.no_grad()
     def predict(self, batch, num_iterations):
-        """Iterative inference (Fig. 2). Returns the packed logits [P, C] of every pass: P^(0) (base),
-        P^(1), ..., P^(K); pass k+1 reads R_0^(k) = emb(argmax P^(k)) and the same F_0, so what the first
-        layer derives from F_0 alone is computed once."""
+        """Iterative inference (Fig. 2). Returns the scores [P, C] of every pass: P^(0) (the base logits),
+        P^(1), ..., P^(K); pass k+1 reads R_0^(k) = decode(scores of pass k). Scores are each pass's logits
+        (paper) or the base logits plus every pass's logits so far (--test_logits sum, the authors')."""
         pairs = Pairs.of(batch)
         feats, logits = self.base_forward(batch, pairs)
-        passes = [logits]
-        if num_iterations > 0:
-            f0 = self.inference.reduce(feats)
-            fixed = self.inference.layers[0].fixed(f0) if len(self.inference.layers) else None
-            for _ in range(num_iterations):
-                _, _, logits = self.inference(f0, self.inference.relation_matrix(logits), pairs, fixed)
-                passes.append(logits)
-        return passes
+        return [logits] + self.inference.iterate(feats, logits, pairs, num_iterations, self.decode,
+                                                 accumulate=self.recipe.test_logits == "sum")

@@ -29,10 +29,9 @@ from tqdm import tqdm
 
 import evaluation
 import prepro
-from base_module import BaseModule, load_encoder
-from inference_module import InferenceModule
+from base_module import load_encoder
 from losses import get_label
-from model import DocREModel
+from model import build_model, parse_loss_weights
 from utils import DataError, UsageError, atomic_write_bytes, atomic_write_json, collate_fn, default_model_path, \
     move_to, set_seed
 
@@ -41,7 +40,13 @@ from utils import DataError, UsageError, atomic_write_bytes, atomic_write_json, 
 # ablations of Table 4 can share one stage 1).
 BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "rel2id")
 INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
-                  "contrastive")
+                  "contrastive", "classifier_layers", "rel_emb_init", "relation_input", "test_logits")
+# --recipe authors: the training recipe of the authors' code (DeepLearnXMU/DocRE-II, see README "Faithfulness");
+# --recipe paper keeps every default. Flags given explicitly override the preset.
+RECIPES = {"paper": {}, "authors": {
+    "train_relations": "gold", "relation_input": "multihot", "noise_on": "sampled", "negative_ratio": 5,
+    "loss_weights": "5,5,5,1", "contrastive_target": "stopgrad", "test_logits": "sum", "rel_emb_init": "xavier",
+    "classifier_layers": 2, "weight_decay": 1e-4, "stage2_base_params": "encoder"}}
 # Test hook (tests/test_reliability.py): seconds to sleep after every optimiser step, so that a test can
 # send SIGTERM/SIGINT while an epoch is under way. Unset (0) in normal use.
 TEST_SLEEP_PER_STEP = float(os.environ.get("DOCRE_TEST_SLEEP_PER_STEP") or 0)
@@ -88,15 +93,37 @@ def parse_args(argv=None):
     a("--stage2_epochs", type=int, default=15)
     a("--stage2_base_lr", type=float, default=1e-5)
     a("--inference_lr", type=float, default=1e-4)
-    a("--noise_max", type=float, default=0.4, help="noise rate r ~ U(0, noise_max)")
+    a("--noise_max", type=float, default=0.4, help="noise rate r ~ U(0, noise_max) (--noise_on all)")
     a("--contrastive", choices=["simsiam", "simclr", "none"], default="simsiam")
-    a("--contrastive_weight", type=float, default=1.0)
     a("--temperature", type=float, default=0.1, help="SimCLR temperature (--contrastive simclr)")
+    # the two readings of stage 2 (README "Faithfulness"); each default is the paper's
+    a("--recipe", choices=sorted(RECIPES), default="paper", help="preset of the flags below; explicit flags win")
+    a("--train_relations", choices=["pred", "gold"], default="pred",
+      help="R_0 in stage-2 training: the base module's predictions (paper) or the gold labels (authors)")
+    a("--relation_input", choices=["argmax", "multihot"], default="argmax",
+      help="R_0 = emb(argmax P) (paper) or the sum of the embeddings of the predicted relations (authors)")
+    a("--noise_on", choices=["all", "sampled"], default="all",
+      help="noise on r ~ U(0, noise_max) of all valid pairs (paper), or on r ~ U(0.2, 0.5) of the positives and "
+           "r ~ U(0.05, 0.15) of the sampled negatives (authors)")
+    a("--negative_ratio", type=int, default=0,
+      help="stage-2 AT losses on all scored pairs (0, paper) or on the positives and this many times as many "
+           "sampled negatives (authors: 5)")
+    a("--loss_weights", default="1,1,0,1",
+      help="weights of the stage-2 losses: base AT, view-A AT, view-B AT, contrastive (authors: 5,5,5,1)")
+    a("--contrastive_target", choices=["symmetric", "stopgrad"], default="symmetric",
+      help="SimSiam of Eq. (14) over the two views, or the authors' no-grad swapped passes as targets")
+    a("--test_logits", choices=["last", "sum"], default="last",
+      help="score of pass K: its logits (paper) or the base logits plus every pass's logits (authors)")
+    a("--rel_emb_init", choices=["normal", "xavier"], default="normal", help="relation embedding init")
+    a("--classifier_layers", type=int, choices=[1, 2], default=1,
+      help="Eq. (12)'s classifier: linear (1), or Linear-Dropout-LayerNorm-Linear (2, authors)")
+    a("--stage2_base_params", choices=["all", "encoder"], default="all",
+      help="base-module parameters trained in stage 2: all, or the encoder only (authors: the head is frozen)")
     a("--skip_stage1", action="store_true", help="ablation w/o pre-training: stage 2 from the raw encoder")
     a("--freeze_base", action="store_true", help="ablation: the base module is frozen in stage 2")
     a("--warmup_ratio", type=float, default=0.06)
     a("--adam_epsilon", type=float, default=1e-6)
-    a("--weight_decay", type=float, default=0.0)
+    a("--weight_decay", type=float, default=0.0, help="AdamW weight decay (not on biases and norms)")
     a("--max_grad_norm", type=float, default=1.0)
     a("--max_bad_steps", type=int, default=20, help="stop after this many non-finite steps in a row")
     a("--seed", type=int, default=66)
@@ -107,20 +134,45 @@ def parse_args(argv=None):
     a("--overwrite", action="store_true", help="allow replacing outputs already in --save_path")
     a("--evaluate_only", action="store_true")
     a("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    a("--amp", choices=["none", "bf16", "fp16"], default="none")
+    a("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+      help="autocast: auto = bf16 on GPUs and CPUs with bf16 matrix units, else none (fp32)")
     a("--num_workers", type=int, default=0)
     a("--threads", type=int, default=0, help="CPU intra-op threads (0 = torch's default); 1 on a shared machine")
     a("--log_every", type=int, default=50, help="steps between progress-bar loss updates")
     a("--wandb", action="store_true", help="log to Weights & Biases (respects WANDB_MODE)")
     a("--wandb_project", default="docre-ii")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    given = explicit_flags(p, argv)
+    for key, value in RECIPES[args.recipe].items():
+        if key not in given:
+            setattr(args, key, value)
+    return args
+
+
+def explicit_flags(parser, argv):
+    """The flags given on the command line (parsed again with every default suppressed)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resolve_amp(amp, device_type):
+    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX),
+    else none. Losses and entity pooling stay in float32 under autocast."""
+    if amp != "auto":
+        return amp
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "none"
 
 
 def validate_args(args):
     """Out-of-range flags end the run before anything is written."""
     checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
               ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
-              ("adam_epsilon", 0), ("max_grad_norm", 0), ("contrastive_weight", 0), ("max_train_docs", 0),
+              ("adam_epsilon", 0), ("max_grad_norm", 0), ("max_train_docs", 0),
               ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0), ("threads", 0)]
     for name, low in checks:
         if getattr(args, name) < low:
@@ -137,6 +189,12 @@ def validate_args(args):
         raise UsageError(f"--warmup_ratio must be <= 1, got {args.warmup_ratio}")
     if args.temperature <= 0:
         raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    try:
+        parse_loss_weights(args.loss_weights)
+    except ValueError as e:
+        raise UsageError(f"--loss_weights: {e}") from e
+    if args.negative_ratio < 0:
+        raise UsageError(f"--negative_ratio must be >= 0, got {args.negative_ratio}")
     if args.inference_dim % (4 * args.eca_heads_per_line):
         raise UsageError(f"--inference_dim {args.inference_dim} must be divisible by 4 x --eca_heads_per_line")
     if args.evaluate_only and not args.load_path:
@@ -225,49 +283,15 @@ def train_loader(features, args, rank, world, epoch_key):
 
 
 # ---------------------------------------------------------------- model
-def build_model(args, num_class, tokenizer):
+def load_model(args, num_class, tokenizer):
+    """The model of these flags (model.build_model) on the encoder they name."""
     start = [tokenizer.cls_token_id]
     end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
     try:
         encoder = load_encoder(args.model_name_or_path or default_model_path(), args.attention)
     except OSError as e:
         raise UsageError(f"cannot load encoder {args.model_name_or_path!r}: {e}") from e
-    base = BaseModule(encoder, start, end, num_class, emb_size=args.emb_size or None)
-    inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
-                                args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion)
-    return DocREModel(base, inference, args.noise_max, args.contrastive, args.contrastive_weight,
-                      args.temperature, args.freeze_base)
-
-
-def param_groups(model, args, stage):
-    """Stage 1: encoder at encoder_lr, base head at classifier_lr. Stage 2: base module at stage2_base_lr
-    (or the stage-1 rates with --skip_stage1), inference module and predictor at inference_lr."""
-    base = model.base
-    enc = [p for p in base.encoder.parameters()]
-    enc_ids = {id(p) for p in enc}
-    head = [p for p in base.parameters() if id(p) not in enc_ids]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("base.")]
-    if stage == 1:
-        return [{"params": enc, "lr": args.encoder_lr}, {"params": head, "lr": args.classifier_lr}]
-    groups = [{"params": rest, "lr": args.inference_lr}]
-    if not args.freeze_base:
-        if args.skip_stage1:
-            groups += [{"params": enc, "lr": args.encoder_lr}, {"params": head, "lr": args.classifier_lr}]
-        else:
-            groups += [{"params": enc + head, "lr": args.stage2_base_lr}]
-    return groups
-
-
-def set_trainable(model, groups):
-    """Only the parameters being optimised, and reached by the stage's loss, require grad, so that DDP
-    (find_unused_parameters=False) never waits for a gradient that is not coming. The encoder's pooler
-    (HF BERT/RoBERTa compute it; nothing here reads it) never gets one: it stays in the optimiser, which
-    skips parameters without a gradient, so a single process trains exactly as before."""
-    live = {id(p) for g in groups for p in g["params"]}
-    pooler = getattr(model.base.encoder.encoder, "pooler", None)
-    dead = {id(p) for p in pooler.parameters()} if pooler is not None else set()
-    for p in model.parameters():
-        p.requires_grad_(id(p) in live and id(p) not in dead)
+    return build_model(args, num_class, encoder, start, end)
 
 
 def linear_schedule(optimizer, total_steps, warmup_ratio):
@@ -463,8 +487,8 @@ class Trainer:
     def run_stage(self, stage, epochs, resume=None):
         """Train one stage; returns the best dev score of the stage. ``resume`` is a loaded last.pt."""
         args, model = self.args, self.model
-        groups = param_groups(model, args, stage)
-        set_trainable(model, groups)
+        groups = model.param_groups(stage, args)
+        model.set_trainable(groups)
         # Fused AdamW on a GPU: one kernel per parameter group (12-15 % faster steps on an H200, docs/PERFORMANCE.md).
         optimizer = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                       fused=self.device.type == "cuda" or None)
@@ -694,6 +718,11 @@ def write_predictions(args, model, device, features, docs, name_prefix, id2rel, 
         preds = [get_label(lg[-1], args.num_labels).numpy() for lg in logits]
         sub = evaluation.to_official(preds, features, id2rel)
         atomic_write_json(os.path.join(args.save_path, f"{name_prefix}result.json"), sub)
+        for k in range(args.num_iterations if name_prefix == "dev_" else 0):  # the passes before the last: for
+            # paired comparisons of passes (scripts/bootstrap.py) and the per-pass changes (scripts/pass_changes.py)
+            preds_k = [get_label(lg[k], args.num_labels).numpy() for lg in logits]
+            atomic_write_json(os.path.join(args.save_path, f"dev_result_k{k}.json"),
+                              evaluation.to_official(preds_k, features, id2rel))
         labelled = any(d.get("labels") for d in docs)
         if name_prefix == "":
             with open(os.path.join(os.path.dirname(prepro.DEFAULT_REL2ID), "rel_info.json")) as fh:
@@ -735,6 +764,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device, rank, world = init_distributed(args)
+    requested, args.amp = args.amp, resolve_amp(args.amp, device.type)
+    if rank == 0:
+        print(f"device {device}, precision: {'fp32' if args.amp == 'none' else args.amp + ' autocast'}"
+              + (" (--amp auto)" if requested == "auto" else ""), flush=True)
     set_seed(args.seed + rank)
     if rank == 0:
         if args.evaluate_only:
@@ -755,7 +788,7 @@ def main(argv=None):
     id2rel = {v: k for k, v in rel2id.items()}
     args.num_class = len(rel2id)
 
-    model = build_model(args, args.num_class, tokenizer)
+    model = load_model(args, args.num_class, tokenizer)
     if ckpt is not None:
         train_from_stage1 = args.load_path and not args.evaluate_only and not args.resume
         load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if train_from_stage1 else "")

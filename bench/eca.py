@@ -243,7 +243,12 @@ def fwd_bwd(module, fn, pairs, f0, rel, weight, amp="none"):
 
 
 def project_fn(module):
-    return lambda f0, r0, pairs: module(f0, r0, pairs)[2]
+    """The project's N_I layers and classifier on (F_0, R_0): InferenceModule.forward after its projection of
+    the base features, which is the same per-pair linear layer for every implementation."""
+    def run(f0, r0, pairs):
+        f, r = module.encode(f0, r0, pairs)
+        return module.classifier(torch.cat([f, r], dim=-1))
+    return run
 
 
 def reference_fn(module, name):

@@ -35,8 +35,6 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 
 import torch  # noqa: E402
 
-if "--code" in sys.argv:  # the model code to measure (another checkout: an A/B against an earlier version)
-    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--code") + 1]))
 
 NUM_CLASS = 97
 PRECISIONS = {"bf16": ("bf16", False), "fp32": ("none", False), "tf32": ("none", True)}
@@ -90,19 +88,13 @@ def encoder_config(name, tiny):
 
 def build(name, tiny, attention, device):
     import train
-    from base_module import BaseModule, encoder_from_config
-    from inference_module import InferenceModule
-    from model import DocREModel
+    from base_module import encoder_from_config
+    from model import build_model
     cfg, start, end = encoder_config(name, tiny)
-    dim = 64 if tiny else 512
-    args = train.parse_args(["--inference_dim", str(dim)])
+    args = train.parse_args(["--inference_dim", str(64 if tiny else 512)])
     with torch.device(device):  # initialised where it runs: seconds, not minutes, for roberta-large
         encoder = encoder_from_config(cfg) if attention == "eager" else encoder_from_config(cfg, attention)
-        base = BaseModule(encoder, start, end, NUM_CLASS)
-        inference = InferenceModule(base.emb_size, dim, NUM_CLASS, args.num_inference_layers,
-                                    args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion)
-        model = DocREModel(base, inference, args.noise_max, args.contrastive, args.contrastive_weight,
-                           args.temperature)
+        model = build_model(args, NUM_CLASS, encoder, start, end)
     return model.to(device), args, cfg
 
 
@@ -110,17 +102,15 @@ class Stepper:
     """One optimiser per stage, created once (so Adam's state exists after the first step, as in training)."""
 
     def __init__(self, model, args, device, fused=False):
-        import train
         self.model, self.args, self.device, self.opt = model, args, device, {}
         for stage in (1, 2):
-            groups = train.param_groups(model, args, stage)
+            groups = model.param_groups(stage, args)
             self.opt[stage] = (groups, torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                                          fused=fused or None))
 
     def step(self, batch, stage, amp):
-        import train
         groups, opt = self.opt[stage]
-        train.set_trainable(self.model, groups)
+        self.model.set_trainable(groups)
         self.model.train()
         with common.autocast(self.device, amp):
             out = self.model(batch, stage)
@@ -183,7 +173,7 @@ def measure_variant(a, device, attention, batches, timed, stats, flops, rows, pe
             total = sum(times)
             tflops = sum(flops[stage]) / total / 1e12
             r = {"attention": attention, "stage": stage, "precision": precision, "fused_adamw": a.fused,
-                 "batch_size": a.batch_size, "code": a.code,
+                 "batch_size": a.batch_size,
                  "ms_per_step_median": 1e3 * statistics.median(times), "step_s": times,
                  "docs_per_s": stats["docs"] / total, "tokens_per_s": stats["tokens"] / total,
                  "gflop_per_step": sum(flops[stage]) / len(timed) / 1e9, "tflops": tflops,
@@ -385,7 +375,6 @@ def main():
     p.add_argument("--max_batch_cap", type=int, default=512)
     p.add_argument("--maxbatch_budget_s", type=float, default=15.0, help="search time per encoder and stage")
     p.add_argument("--fused", action="store_true", help="fused AdamW (one kernel per parameter group)")
-    p.add_argument("--code", default=common.ROOT, help="checkout whose model code is measured (default: this one)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny encoders and batches: smoke test, runs on a CPU")
     p.add_argument("--out", default="gpu.json")

@@ -56,12 +56,11 @@ def rows_of(suite):
     if gpu:
         rows.append(["machine", gpu["machine"].get("gpu", gpu["machine"]["device"]), "bf16 matmul ceiling TFLOP/s",
                      f"{gpu['matmul_ceiling_tflops']:.0f}"])
-    extra = [row for part in ("gpu_fused", "gpu_b32", "gpu_baseline")
+    extra = [row for part in ("gpu_fused", "gpu_b32")
              for row in ((suite.get(part) or {}).get("throughput") or {}).get("rows", [])]
     for r in (gpu.get("throughput") or {}).get("rows", []) + extra:
         label = f"bert-base stage {r['stage']} {r['precision']} {r['attention']} batch {r.get('batch_size', 8)}"
         label += " fused-AdamW" if r.get("fused_adamw") else ""
-        label += " BASELINE code" if "baseline" in r.get("code", "") else ""
         rows.append(["throughput", label,
                      "ms/step | docs/s | tokens/s | TFLOP/s | MFU",
                      f"{r['ms_per_step_median']:.1f} | {r['docs_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
@@ -98,7 +97,7 @@ def rows_of(suite):
 
 def main():
     out = sys.argv[1]
-    parts = ("gpu", "gpu_fused", "gpu_b32", "gpu_baseline")
+    parts = ("gpu", "gpu_fused", "gpu_b32")
     suite = {part: read_json(os.path.join(out, f"{part}.json")) for part in parts}
     suite.update({"eca": read_json(os.path.join(out, "gpu_eca.json")),
                   "train": {att: train_run(os.path.join(out, f"train_{att}")) for att in ("eager", "sdpa")}})

@@ -49,20 +49,16 @@ run environment 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_vers
   "$PY" -c "import torch, transformers; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
   \"transformers\", transformers.__version__)"'
 part main && run gpu.py "$LIMIT" "$PY" bench/gpu.py "${DEV[@]}" "${GPU_FLAGS[@]}" "${MAIN[@]}" --out gpu.json
-# A/B rows: fused AdamW; a larger batch; the model code before the GPU work (.gpu/baseline, written by
-# `git archive 0c86971 | tar -x -C .gpu/baseline`: eager attention, boolean-mask pair indexing with its host syncs)
+# A/B rows: fused AdamW; a larger batch
 part ab && run "gpu.py fused" "$AB_LIMIT" "$PY" bench/gpu.py "${DEV[@]}" "${GPU_FLAGS[@]}" --sections throughput --attentions sdpa \
   --precisions bf16 --fused --out gpu_fused.json
 part ab && run "gpu.py batch 32" "$AB_LIMIT" "$PY" bench/gpu.py "${DEV[@]}" "${GPU_FLAGS[@]}" --sections throughput \
   --attentions sdpa --precisions bf16 --fused --batch_size 32 --steps 5 --out gpu_b32.json
-part ab && [ -d .gpu/baseline ] && run "gpu.py baseline" "$AB_LIMIT" "$PY" bench/gpu.py "${DEV[@]}" "${GPU_FLAGS[@]}" \
-  --code .gpu/baseline --sections throughput --attentions eager --precisions "${BASELINE_PRECISIONS:-bf16,fp32}" \
-  --out gpu_baseline.json
 part eca && run eca.py "$ECA_LIMIT" "$PY" bench/eca.py "${DEV[@]}" "${ECA[@]}" --out gpu_eca.json
 part train && for att in ${TRAIN_ATTENTIONS:-eager sdpa}; do
   run "train.py torchrun $att" "$TRAIN_LIMIT" "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 train.py \
     --data_dir "$DATA" --train_file train_mini.json --dev_file dev_mini.json --test_file '' "${ENCODER[@]}" \
     --amp bf16 --attention "$att" --save_path "$OUT/train_$att" --overwrite --cache_dir "$OUT/cache" "${TRAIN[@]}"
 done
-for f in gpu gpu_fused gpu_b32 gpu_baseline gpu_eca; do cp "bench/results/$f.json" "$OUT/" 2>/dev/null; done
+for f in gpu gpu_fused gpu_b32 gpu_eca; do cp "bench/results/$f.json" "$OUT/" 2>/dev/null; done
 "$PY" bench/gpu_report.py "$OUT" | tee -a "$OUT/suite.log"

@@ -1,13 +1,20 @@
 """Paired bootstrap over documents: is model B's dev F1 really above model A's, or is it dev-set luck?
 
     python scripts/bootstrap.py --gold dataset/redocred/dev_mini.json --train dataset/redocred/train_mini.json \
-        --a runs/x/eval_k0/dev_result.json --b runs/x/dev_result.json [--samples 1000] [--seed 0]
+        --a runs/x/dev_result_k0.json --b runs/x/dev_result.json [--samples 1000] [--seed 0]
+    python scripts/bootstrap.py --gold ... --a s1/dev_result_k0.json s2/dev_result_k0.json ... \
+        --b s1/dev_result.json s2/dev_result.json ...        (several seeds: pairs by position)
 
 Both prediction files are CodaLab submissions (result.json format) of the same gold documents. Each bootstrap
 sample draws len(gold) documents with replacement and scores A and B on the same draw, so the spread of
 F1(B) - F1(A) over the samples is the dev-set sampling noise of the difference. It says nothing of the
 seed-to-seed spread of training, which only retraining measures; it is a lower bound on the noise of a
 one-seed comparison. The paper uses 1,000 bootstrap tests for its significance mark (Table 5).
+
+With several pairs (A_i, B_i), one per training seed, the bootstrap is over seeds and documents at once: each
+sample draws the seeds with replacement and the documents with replacement (the same documents for every run),
+and the statistic is the mean over the drawn seeds of F1(B_i) - F1(A_i). Its interval covers both sources of
+noise, the training seed and the dev sample, so it is the one to read for "B beats A" claims.
 
 Per document we keep the counts the official scores are sums of (evaluation.docred_scores on that document
 alone): #correct, #submitted, #gold, #correct-in-train. F1 and Ign F1 of any multiset of documents follow
@@ -85,11 +92,40 @@ def paired_bootstrap(counts_a, counts_b, samples=1000, seed=0):
     return result
 
 
+def seeds_bootstrap(pairs, samples=1000, seed=0):
+    """pairs: [(counts_a, counts_b), ...], one per seed, over the same documents. Mean and per-seed point scores
+    and the bootstrap distribution (seeds and documents resampled) of the mean difference B - A."""
+    rng = np.random.default_rng(seed)
+    n, m = pairs[0][0].shape[0], len(pairs)
+    draws = rng.integers(0, n, size=(samples, n))  # [S, n] documents, shared by every run
+    picks = rng.integers(0, m, size=(samples, m))  # [S, m] seeds
+    diffs, points = [], []
+    for counts_a, counts_b in pairs:
+        fa, fb = f1_from_counts(counts_a[draws].sum(1)), f1_from_counts(counts_b[draws].sum(1))  # ([S], [S]) each
+        diffs.append(np.stack([fb[0] - fa[0], fb[1] - fa[1]]))  # [2, S]: F1, Ign F1
+        pa, pb = f1_from_counts(counts_a.sum(0)), f1_from_counts(counts_b.sum(0))
+        points.append([float(pa[0]), float(pb[0]), float(pa[1]), float(pb[1])])
+    diffs = np.stack(diffs)  # [m, 2, S]
+    sampled = diffs[picks, :, np.arange(samples)[:, None]].mean(1)  # [S, 2]: mean over the drawn seeds
+    points = np.asarray(points)  # [m, 4]: F1 a, F1 b, Ign a, Ign b
+    result = {"seeds": m, "samples": samples, "documents": n,
+              "a": {"f1": float(points[:, 0].mean()), "ign_f1": float(points[:, 2].mean())},
+              "b": {"f1": float(points[:, 1].mean()), "ign_f1": float(points[:, 3].mean())},
+              "per_seed_diff": {"f1": (points[:, 1] - points[:, 0]).tolist(),
+                                "ign_f1": (points[:, 3] - points[:, 2]).tolist()}}
+    for i, metric in enumerate(("f1", "ign_f1")):
+        lo, hi = np.percentile(sampled[:, i], [2.5, 97.5])
+        result[f"{metric}_diff"] = {"point": result["b"][metric] - result["a"][metric],
+                                    "std": float(sampled[:, i].std(ddof=1)), "ci95": [float(lo), float(hi)],
+                                    "p_b_not_better": float((sampled[:, i] <= 0).mean())}
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gold", required=True, help="labelled DocRED-format documents")
-    p.add_argument("--a", required=True, help="result.json of model A (e.g. the base module)")
-    p.add_argument("--b", required=True, help="result.json of model B (e.g. the full model)")
+    p.add_argument("--a", required=True, nargs="+", help="result.json of model A (e.g. the base module), one per seed")
+    p.add_argument("--b", required=True, nargs="+", help="result.json of model B (e.g. the full model), one per seed")
     p.add_argument("--train", default=None, help="training documents, for Ign F1")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -97,13 +133,19 @@ def main(argv=None):
     try:
         if args.samples < 2:
             raise DataError(f"--samples must be >= 2, got {args.samples}")
+        if len(args.a) != len(args.b):
+            raise DataError(f"--a has {len(args.a)} files and --b {len(args.b)}: give one pair per seed")
         gold = evaluation.load_docs(args.gold)
         train = evaluation.load_docs(args.train) if args.train else None
-        counts = [doc_counts(evaluation.load_docs(path), gold, train, pred_path=path) for path in (args.a, args.b)]
+        pairs = [tuple(doc_counts(evaluation.load_docs(path), gold, train, pred_path=path) for path in pair)
+                 for pair in zip(args.a, args.b)]
     except (OSError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(paired_bootstrap(*counts, samples=args.samples, seed=args.seed), indent=1))
+    if len(pairs) == 1:
+        print(json.dumps(paired_bootstrap(*pairs[0], samples=args.samples, seed=args.seed), indent=1))
+    else:
+        print(json.dumps(seeds_bootstrap(pairs, samples=args.samples, seed=args.seed), indent=1))
     return 0
 
 

@@ -55,10 +55,11 @@ def plot_curves(runs, out, stage1=None):
 
 
 def classifier_halves(checkpoint):
-    """Mean |W_c| over the F half and over the R half of the classifier input (Eq. 12)."""
+    """Mean |W_c| over the F half and over the R half of the classifier input (Eq. 12): the classifier's first
+    linear layer, [C, 2D] (or [D, 2D] with --classifier_layers 2)."""
     import torch
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
-    w = state["inference.classifier.weight"]  # [C, 2D]
+    w = state.get("inference.classifier.weight", state.get("inference.classifier.0.weight"))
     d = w.size(1) // 2
     return float(w[:, :d].abs().mean()), float(w[:, d:].abs().mean())
 

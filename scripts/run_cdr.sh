@@ -10,4 +10,4 @@ python train.py --dataset cdr --data_dir dataset/cdr \
   --train_batch_size 8 --test_batch_size 16 --num_labels 1 \
   --stage1_epochs 20 --encoder_lr 1e-5 --classifier_lr 5e-5 \
   --stage2_epochs 10 --stage2_base_lr 1e-6 --inference_lr 5e-5 \
-  --save_path runs/cdr_scibert --amp bf16 "$@"
+  --save_path runs/cdr_scibert "$@"

@@ -10,4 +10,4 @@ python train.py --dataset gda --data_dir dataset/gda \
   --train_batch_size 6 --test_batch_size 16 --num_labels 1 \
   --stage1_epochs 10 --encoder_lr 2e-5 --classifier_lr 8e-5 \
   --stage2_epochs 5 --stage2_base_lr 2e-6 --inference_lr 8e-5 \
-  --save_path runs/gda_scibert --amp bf16 "$@"
+  --save_path runs/gda_scibert "$@"

@@ -9,4 +9,4 @@ python train.py --dataset docred --data_dir dataset/redocred \
   --train_batch_size 8 --test_batch_size 16 --num_labels 4 \
   --stage1_epochs 30 --encoder_lr 5e-5 --classifier_lr 1e-4 \
   --stage2_epochs 15 --stage2_base_lr 1e-5 --inference_lr 1e-4 \
-  --save_path runs/redocred_bert --amp bf16 "$@"
+  --save_path runs/redocred_bert "$@"

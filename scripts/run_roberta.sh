@@ -11,4 +11,4 @@ python train.py --dataset docred --data_dir dataset/docred \
   --stage1_epochs 30 --encoder_lr 5e-5 --classifier_lr 1e-4 \
   --stage2_epochs 15 --stage2_base_lr 5e-6 --inference_lr 1e-4 \
   --num_iterations 3 --num_inference_layers 2 --seed 66 \
-  --save_path runs/docred_roberta --amp bf16 "$@"
+  --save_path runs/docred_roberta "$@"

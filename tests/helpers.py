@@ -94,7 +94,7 @@ def train_args(data, model, save, cache, *extra, stage1=2, stage2=0, lr=None):
             "--test_file", "test.json", "--model_name_or_path", model, "--inference_dim", "16",
             "--train_batch_size", "2", "--test_batch_size", "4", "--stage1_epochs", str(stage1),
             "--stage2_epochs", str(stage2), "--save_path", str(save), "--cache_dir", str(cache),
-            "--device", "cpu", "--seed", "7", "--num_iterations", "2"]
+            "--device", "cpu", "--seed", "7", "--num_iterations", "2", "--amp", "none"]
     if lr is not None:
         args += ["--encoder_lr", str(lr), "--classifier_lr", str(lr), "--stage2_base_lr", str(lr),
                  "--inference_lr", str(lr)]

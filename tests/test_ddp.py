@@ -34,7 +34,7 @@ FILLER = ["the", "city", "was", "born", "in", "near", "north", "of", "and", "a",
 COMMON = ["--inference_dim", "16", "--num_iterations", "1", "--test_batch_size", "4", "--device", "cpu",
           "--seed", "5", "--warmup_ratio", "0", "--max_grad_norm", "1e6", "--adam_epsilon", "1",
           "--encoder_lr", "1", "--classifier_lr", "1", "--stage2_base_lr", "0.1", "--inference_lr", "0.1",
-          "--dropout", "0", "--log_every", "1"]
+          "--dropout", "0", "--log_every", "1", "--amp", "none"]
 TOL = 1e-5
 
 
@@ -171,9 +171,9 @@ def naive_accumulation(args, micro_batches):
     from utils import move_to, set_seed
     set_seed(args.seed)
     tok = __import__("prepro").load_tokenizer(args.model_name_or_path, "bert")
-    model = train.build_model(args, args.num_class, tok)
-    groups = train.param_groups(model, args, 1)
-    train.set_trainable(model, groups)
+    model = train.load_model(args, args.num_class, tok)
+    groups = model.param_groups(1, args)
+    model.set_trainable(groups)
     opt = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay)
     model.train()
     for batch in micro_batches:
@@ -240,7 +240,7 @@ def test_two_process_training_both_stages(tmp_path, tiny_model):
     run_single(["--resume", str(tmp_path / "run1"), "--device", "cpu"])
     lines = [json.loads(x) for x in (tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["stage"], m["epoch"], m["step"]) for m in lines[4:]] == [(2, 2, 9)]
-    assert lines[-1]["lr"] == [0.0, 0.0]
+    assert lines[-1]["lr"] == [0.0] * 4  # 2 groups (inference, base), each split into decay / no decay
 
 
 def test_resume_with_other_world_size_mid_epoch_is_refused(tmp_path, tiny_model, capsys):
@@ -288,8 +288,8 @@ def test_every_trainable_parameter_gets_a_gradient(tmp_path, tiny_model, stage, 
     rel2id = prepro.load_rel2id()
     args.num_class = len(rel2id)
     _, feats = train.load_split(args, "train.json", tok, rel2id, 0)
-    model = train.build_model(args, args.num_class, tok)
-    train.set_trainable(model, train.param_groups(model, args, stage))
+    model = train.load_model(args, args.num_class, tok)
+    model.set_trainable(model.param_groups(stage, args))
     model.train()
     model(move_to(__import__("utils").collate_fn(feats), "cpu"), stage)["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

@@ -256,12 +256,12 @@ def test_inference_module_forward_and_classifier():
     pm = make_pair_mask(COUNTS)
     P = int(pm.mask.sum())
     feats = torch.randn(P, feat_dim, dtype=torch.float64)
-    logits0 = torch.randn(P, C, dtype=torch.float64)
+    ids = torch.randint(0, C, (P,))
     f0 = mod.reduce(feats)
-    r0 = mod.relation_matrix(logits0)
+    r0 = mod.relation_matrix(ids)
     assert f0.shape == (P, D) and r0.shape == (P, D)
-    torch.testing.assert_close(r0, mod.rel_emb.weight[logits0.argmax(-1)])
-    f, r, logits = mod(f0, r0, pm)
+    torch.testing.assert_close(r0, mod.rel_emb.weight[ids])  # R_0 = emb(ids)
+    f, r, logits = mod(feats, ids, pm)
     assert f.shape == (P, D) and r.shape == (P, D) and logits.shape == (P, C)
     # the N_I layers in sequence, then Eq. (12) on [F_NI, R_NI]
     fr, rr = f0, r0
@@ -271,9 +271,39 @@ def test_inference_module_forward_and_classifier():
     torch.testing.assert_close(r, rr, atol=1e-12, rtol=0)
     torch.testing.assert_close(logits, torch.cat([fr, rr], -1) @ mod.classifier.weight.t() + mod.classifier.bias,
                                atol=1e-12, rtol=0)
-    # the cached first-layer part gives the same pass
-    _, _, logits_c = mod(f0, r0, pm, fixed=mod.layers[0].fixed(f0))
-    torch.testing.assert_close(logits_c, logits, atol=1e-12, rtol=0)
+    # the swapped view feeds (R_0, F_0) to the same layers
+    fs, rs, _ = mod(feats, ids, pm, swap=True)
+    torch.testing.assert_close((fs, rs), mod.encode(r0, f0, pm), atol=1e-12, rtol=0)
+    # iterate: pass 1 from decode(base logits) equals one pass from scratch (the cached first-layer part)
+    logits0 = torch.randn(P, C, dtype=torch.float64)
+    first = mod.iterate(feats, logits0, pm, 1, lambda s: s.argmax(-1))[0]
+    torch.testing.assert_close(first, mod(feats, logits0.argmax(-1), pm)[2], atol=1e-12, rtol=0)
     # the relation matrix matters (relation-level inference is wired in)
-    r_other = mod.rel_emb((logits0.argmax(-1) + 1) % C)
-    assert (mod(f0, r_other, pm)[2] - logits).abs().max() > 1e-4
+    assert (mod(feats, (ids + 1) % C, pm)[2] - logits).abs().max() > 1e-4
+
+
+def test_relation_matrix_of_a_multi_hot_is_the_sum_of_embeddings():
+    torch.manual_seed(13)
+    mod = InferenceModule(8, D, 5, num_layers=1, dropout=0.0).double()
+    multi = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.float64)
+    w = mod.rel_emb.weight
+    expected = torch.stack([w[0], w[1] + w[3], w[2] + w[3] + w[4]])
+    torch.testing.assert_close(mod.relation_matrix(multi), expected, atol=1e-12, rtol=0)
+    # a one-hot row is emb(its class), as ids give
+    torch.testing.assert_close(mod.relation_matrix(multi[:1]), mod.relation_matrix(torch.tensor([0])))
+
+
+def test_rel_emb_init_and_two_layer_classifier():
+    torch.manual_seed(14)
+    C, dim = 97, 512
+    normal = InferenceModule(8, dim, C, num_layers=1)
+    xavier = InferenceModule(8, dim, C, num_layers=1, rel_emb_init="xavier")
+    bound = (6 / (C + dim)) ** 0.5  # xavier_uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+    assert xavier.rel_emb.weight.abs().max() <= bound
+    ratio = normal.rel_emb.weight.std() / xavier.rel_emb.weight.std()  # N(0, 1) vs std b / sqrt(3)
+    assert 16 < ratio < 18
+    two = InferenceModule(8, 16, 5, num_layers=1, dropout=0.0, classifier_layers=2).eval()
+    lin1, _, norm, lin2 = two.classifier
+    assert lin1.weight.shape == (16, 32) and lin2.weight.shape == (5, 16)
+    x = torch.randn(7, 32)
+    torch.testing.assert_close(two.classifier(x), lin2(norm(lin1(x))))

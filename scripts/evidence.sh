@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Stage-2 runs behind docs/RESULTS.md's claims table: every recipe x variant x seed from ONE stage-1 checkpoint,
+# then an evaluation of each best.pt at K = 4 (dev scores after every pass 0..4, and dev_result_k*.json).
+#
+#   bash scripts/evidence.sh STAGE1_CKPT OUT SEED [SEED ...]
+#
+# Runs land in OUT/<recipe>/<variant>/s<seed>; a finished run (eval_k4/eval_scores.json exists) is skipped and an
+# interrupted one resumed, so the script can be re-run after a stop. Settings through the environment:
+#   RECIPES="paper authors"   VARIANTS="full"   (also: no_contrastive no_fusion no_eca freeze_base ni1)
+#   DATA=dataset/redocred TRAIN=train_mini.json DEV=dev_mini.json  DATASET=docred  EPOCHS=8  BATCH=4
+#   JOBS=2 (runs at once)  THREADS=1 (CPU threads per run)  EXTRA= (more train.py flags for every run)
+# The stage-1 checkpoint fixes the encoder and the data flags it was trained with (train.py reads them from it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 3 ] || { echo "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED [SEED ...]" >&2; exit 2; }
+CKPT=$1 OUT=$2; shift 2
+SEEDS=("$@")
+RECIPES=${RECIPES:-paper authors} VARIANTS=${VARIANTS:-full}
+DATA=${DATA:-dataset/redocred} TRAIN=${TRAIN:-train_mini.json} DEV=${DEV:-dev_mini.json} DATASET=${DATASET:-docred}
+EPOCHS=${EPOCHS:-8} BATCH=${BATCH:-4} JOBS=${JOBS:-2} THREADS=${THREADS:-1}
+read -r -a extra <<< "${EXTRA:-}"
+data=(--dataset "$DATASET" --data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file '' --threads "$THREADS")
+declare -A flags=([full]="" [no_contrastive]="--contrastive none" [no_fusion]="--no_fusion" [no_eca]="--eca full"
+                  [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1")
+
+run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evaluate best.pt at K = 4
+  local dir=$1 recipe=$2 variant=$3 seed=$4
+  [ -f "$dir/eval_k4/eval_scores.json" ] && { echo "done: $dir"; return; }
+  if [ -f "$dir/last.pt" ] && [ ! -f "$dir/eval_scores.json" ]; then
+    python train.py --resume "$dir" --threads "$THREADS"
+  elif [ ! -f "$dir/eval_scores.json" ]; then
+    read -r -a vflags <<< "${flags[$variant]}"
+    python train.py "${data[@]}" --load_path "$CKPT" --recipe "$recipe" --seed "$seed" --stage2_epochs "$EPOCHS" \
+      --train_batch_size "$BATCH" --save_path "$dir" --overwrite "${vflags[@]}" "${extra[@]}"
+  fi
+  python train.py "${data[@]}" --evaluate_only --load_path "$dir/best.pt" --num_iterations 4 \
+    --save_path "$dir/eval_k4" --overwrite
+}
+
+for variant in $VARIANTS; do
+  [ -n "${flags[$variant]+set}" ] || { echo "unknown variant: $variant" >&2; exit 2; }
+done
+for seed in "${SEEDS[@]}"; do
+  for recipe in $RECIPES; do
+    for variant in $VARIANTS; do
+      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+      dir=$OUT/$recipe/$variant/s$seed
+      mkdir -p "$dir"
+      run "$dir" "$recipe" "$variant" "$seed" > "$dir.log" 2>&1 &
+    done
+  done
+done
+wait || true
+missing=$(for seed in "${SEEDS[@]}"; do for recipe in $RECIPES; do for variant in $VARIANTS; do
+  d=$OUT/$recipe/$variant/s$seed; [ -f "$d/eval_k4/eval_scores.json" ] || echo "$d"; done; done; done)
+[ -z "$missing" ] || { echo "unfinished (see DIR.log): $missing" >&2; exit 1; }
+echo "finished: $OUT"

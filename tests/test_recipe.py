@@ -1,0 +1,231 @@
+"""The two readings of stage 2 (model.Recipe, train.py --recipe): which pairs get noise and at what rates, which
+pairs enter each loss, the loss weights, the contrastive target, the relation input, the test-time score, the
+optimiser groups and the flag presets. Tiny random BERT only."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers
+import train
+from losses import at_loss, get_label, simsiam_loss
+from model import choose, sample_negatives, sampled_noise
+from test_model import C, build, make_batch
+from utils import Pairs
+
+
+def bool_mask(bits):
+    return torch.tensor(bits, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------- random choices
+def test_choose_counts_per_group_only_eligible_and_uniform():
+    group = torch.tensor([0] * 6 + [1] * 4 + [2] * 5)
+    eligible = bool_mask([1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    counts = torch.tensor([3, 10, 2])
+    hits = torch.zeros(len(group))
+    torch.manual_seed(0)
+    for _ in range(400):
+        chosen = choose(eligible, group, 3, counts)
+        assert not (chosen & ~eligible).any()
+        per = torch.zeros(3, dtype=torch.long).index_add_(0, group, chosen.long())
+        assert per.tolist() == [3, 4, 0]  # min(count, eligible in the group)
+        hits += chosen
+    # group 0: 3 of 4 eligible pairs, each chosen with probability 3/4
+    assert ((hits[eligible & (group == 0)] / 400 - 0.75).abs() < 0.08).all()
+
+
+def test_sample_negatives_takes_ratio_times_the_positives():
+    positive = bool_mask([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    negative = ~positive & bool_mask([1] * 13 + [0, 1])  # pair 13 is not scored
+    torch.manual_seed(1)
+    for ratio, expected in ((1, 3), (3, 9), (5, 11)):  # 5 x 3 = 15 > 11 negatives: all of them
+        neg = sample_negatives(positive, negative, ratio)
+        assert not (neg & ~negative).any() and int(neg.sum()) == expected
+
+
+def test_sampled_noise_rates_of_the_authors():
+    positive = torch.zeros(300, dtype=torch.bool)
+    positive[:100] = True
+    negative = ~positive
+    torch.manual_seed(2)
+    n_pos, n_neg = [], []
+    for _ in range(300):
+        chosen = sampled_noise(positive, negative)
+        n_pos.append(int(chosen[:100].sum()))
+        n_neg.append(int(chosen[100:].sum()))
+    # int(r * n + 1): positives r ~ U(0.2, 0.5) of 100, negatives r ~ U(0.05, 0.15) of 200
+    assert 21 <= min(n_pos) and max(n_pos) <= 51 and abs(sum(n_pos) / 300 - 35.5) < 1.5
+    assert 11 <= min(n_neg) and max(n_neg) <= 31 and abs(sum(n_neg) / 300 - 20.5) < 1.5
+
+
+# ---------------------------------------------------------------- training views
+def stage2_inputs(model, batch):
+    pairs = Pairs.of(batch)
+    with torch.no_grad():
+        _, logits0 = model.base_forward(batch, pairs)
+    labels, scored = batch["pair_labels"], batch["scored"]
+    is_scored = torch.zeros(len(labels), dtype=torch.bool).index_fill_(0, scored, True)
+    gold = torch.where(is_scored[:, None], labels, F.one_hot(torch.zeros_like(pairs.b), C).float())
+    return pairs, logits0, gold, is_scored, is_scored & (gold[:, 0] == 0)
+
+
+@pytest.mark.parametrize("source", ["pred", "gold"])
+def test_training_view_relations_and_noise(source):
+    model = build(train_relations=source, relation_input="multihot", noise_on="sampled", negative_ratio=1)
+    batch = make_batch()
+    pairs, logits0, gold, is_scored, positive = stage2_inputs(model, batch)
+    clean = gold if source == "gold" else get_label(logits0, model.recipe.num_labels)
+    torch.manual_seed(3)
+    for _ in range(30):
+        view, mask = model.training_view(logits0, gold, pairs, is_scored, positive)
+        assert view.shape == gold.shape  # multi-hot R_0
+        changed = (view != clean).any(1)
+        # positives are always in the loss; negatives: ratio 1 x #positives of them
+        assert (mask[positive]).all() and int((mask & ~positive).sum()) == int(positive.sum())
+        # noise only on positives and on the sampled negatives; a noised pair gets one wrong relation
+        assert not (changed & ~mask).any()
+        assert changed[positive].sum() >= 1
+        assert (view[changed].sum(1) == 1).all() and (view[changed] * gold[changed]).sum() == 0
+
+
+def test_training_view_paper_reading_uses_predictions_and_all_pairs():
+    model = build()
+    batch = make_batch()
+    pairs, logits0, gold, is_scored, positive = stage2_inputs(model, batch)
+    torch.manual_seed(4)
+    seen = torch.zeros(len(gold), dtype=torch.bool)
+    for _ in range(60):
+        ids, mask = model.training_view(logits0, gold, pairs, is_scored, positive)
+        assert mask is None and ids.shape == (len(gold),)
+        changed = ids != logits0.argmax(-1)
+        assert (gold[changed, ids[changed]] == 0).all()  # neither the prediction nor a gold relation
+        seen |= changed
+    assert seen.all()  # every valid pair, positive or not, can get noise
+
+
+def test_loss_on_a_mask_equals_the_loss_on_those_pairs():
+    torch.manual_seed(5)
+    logits, labels = torch.randn(12, C), F.one_hot(torch.randint(0, C, (12,)), C).float()
+    mask = bool_mask([1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1])
+    torch.testing.assert_close(build().loss_on(logits, labels, None, mask), at_loss(logits[mask], labels[mask]))
+
+
+# ---------------------------------------------------------------- stage-2 losses
+def test_authors_loss_weights_and_one_sided_target(monkeypatch):
+    model = build(train_relations="gold", relation_input="multihot", noise_on="sampled", negative_ratio=2,
+                  loss_weights=(5.0, 5.0, 5.0, 1.0), contrastive_target="stopgrad").train()
+    batch = make_batch()
+    pairs, _, gold, _, _ = stage2_inputs(model, batch)
+    views = [(gold, None), (torch.roll(gold, 1, 0), None)]  # fixed views: the test recomputes everything
+    monkeypatch.setattr(model, "training_view", lambda *a: views.pop(0))
+    torch.manual_seed(6)
+    out = model(batch, stage=2)
+    assert set(out) == {"loss", "base", "inference", "inference_b", "contrastive"}
+    expected = 5 * (out["base"] + out["inference"] + out["inference_b"]) + out["contrastive"]
+    torch.testing.assert_close(out["loss"].detach(), expected)
+    # contrastive: each view's online output against the other view's swapped pass, taken without gradient
+    with torch.no_grad():
+        feats, _ = model.base_forward(batch, pairs)
+        online = [torch.cat(model.inference(feats, v, pairs)[:2], -1) for v in (gold, torch.roll(gold, 1, 0))]
+        target = [torch.cat(model.inference(feats, v, pairs, swap=True)[:2], -1)
+                  for v in (gold, torch.roll(gold, 1, 0))]
+        ref = simsiam_loss(model.predictor(online[0]), target[0], model.predictor(online[1]), target[1])
+    torch.testing.assert_close(out["contrastive"], ref, atol=1e-5, rtol=1e-5)
+    # and the view-B AT loss is on the view-B logits
+    with torch.no_grad():
+        logits_b = model.inference(feats, torch.roll(gold, 1, 0), pairs)[2]
+    scored = batch["scored"]
+    torch.testing.assert_close(out["inference_b"], at_loss(logits_b[scored], batch["pair_labels"][scored]),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_paper_weights_have_no_view_b_loss():
+    torch.manual_seed(7)
+    out = build(weight=1.0).train()(make_batch(), stage=2)
+    assert "inference_b" not in out
+    torch.testing.assert_close(out["loss"].detach(), out["base"] + out["inference"] + out["contrastive"])
+
+
+# ---------------------------------------------------------------- test-time score and feedback
+def test_test_logits_sum_accumulates_and_feeds_back_the_running_sum():
+    model = build(test_logits="sum", relation_input="multihot").eval()
+    batch = make_batch()
+    fed = []
+    model.inference.layers[0].register_forward_pre_hook(lambda m, a: fed.append(a[1].clone()))
+    passes = model.predict(batch, 3)
+    last = build(relation_input="multihot").eval()
+    last.load_state_dict(model.state_dict())
+    pairs = Pairs.of(batch)
+    with torch.no_grad():
+        feats, logits0 = model.base_forward(batch, pairs)
+        running = logits0
+        for k in range(3):
+            relations = get_label(running, model.recipe.num_labels)  # multi-hot of the running score
+            torch.testing.assert_close(fed[k], relations @ model.inference.rel_emb.weight)
+            running = running + model.inference(feats, relations, pairs)[2]
+            torch.testing.assert_close(passes[k + 1], running, atol=1e-5, rtol=1e-5)
+    assert (passes[1] - last.predict(batch, 1)[1]).abs().max() > 1e-4  # "last" scores the pass's logits alone
+
+
+# ---------------------------------------------------------------- optimiser groups
+def test_param_groups_weight_decay_and_stage2_encoder_only():
+    model = build()
+    args = train.parse_args(["--weight_decay", "0.01", "--stage2_base_params", "encoder"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    for stage in (1, 2):
+        groups = model.param_groups(stage, args)
+        for g in groups:
+            for p in g["params"]:
+                assert g["weight_decay"] == (0.01 if p.dim() >= 2 else 0.0), names[id(p)]
+    stage2 = {names[id(p)] for g in model.param_groups(2, args) for p in g["params"]}
+    assert any(n.startswith("base.encoder.") for n in stage2)
+    assert not any(n.startswith("base.") and not n.startswith("base.encoder.") for n in stage2)  # head frozen
+    everything = {names[id(p)] for g in model.param_groups(2, train.parse_args([])) for p in g["params"]}
+    assert "base.classifier.weight" in everything and "base.classifier.bias" in everything
+
+
+# ---------------------------------------------------------------- flags
+def test_recipe_preset_and_explicit_overrides():
+    paper = train.parse_args([])
+    assert (paper.train_relations, paper.noise_on, paper.negative_ratio, paper.loss_weights, paper.test_logits,
+            paper.weight_decay, paper.classifier_layers) == ("pred", "all", 0, "1,1,0,1", "last", 0.0, 1)
+    authors = train.parse_args(["--recipe", "authors"])
+    for key, value in train.RECIPES["authors"].items():
+        assert getattr(authors, key) == value
+    mixed = train.parse_args(["--recipe", "authors", "--negative_ratio", "3", "--test_logits", "last"])
+    assert (mixed.negative_ratio, mixed.test_logits, mixed.train_relations) == (3, "last", "gold")
+    # an explicit flag equal to the paper default still overrides the preset
+    assert train.parse_args(["--recipe", "authors", "--weight_decay", "0.0"]).weight_decay == 0.0
+
+
+@pytest.mark.parametrize("bad", ["1,1,1", "1,1,0,-1", "a,b,c,d"])
+def test_bad_loss_weights_are_a_usage_error(bad, tmp_path, capsys):
+    code = train.cli(["--loss_weights", bad, "--save_path", str(tmp_path / "x")])
+    assert code == 2 and "--loss_weights" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_amp_auto(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert train.resolve_amp("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert train.resolve_amp("auto", "cpu") == "none"
+    assert train.resolve_amp("none", "cpu") == "none" and train.resolve_amp("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert train.resolve_amp("auto", "cuda") == "bf16"
+
+
+def test_authors_recipe_trains_both_stages(tmp_path):
+    """--recipe authors end to end: a two-stage run writes its scores, and the checkpoint keeps the recipe."""
+    data = helpers.write_dataset(tmp_path / "data")
+    model = helpers.tiny_model(tmp_path / "model")
+    with helpers.one_thread():
+        code = train.cli(helpers.train_args(data, model, tmp_path / "run", tmp_path / "cache", "--recipe", "authors",
+                                            stage1=1, stage2=1))
+    assert code == 0
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert ckpt["args"]["test_logits"] == "sum" and ckpt["args"]["classifier_layers"] == 2
+    assert math.isfinite(ckpt["dev"]["f1"])
