@@ -52,65 +52,108 @@ def encoder_from_config(config, attention="eager"):
     return AutoModel.from_config(config, attn_implementation=ATTENTION[attention])
 
 
-class LongEncoder(nn.Module):
-    """Runs the encoder on documents longer than its position limit, as ATLOP does.
+def window_spans(T, W, ns, ne):
+    """Document token ranges [a, b) of the windows that cover a document of T > W tokens.
 
-    A document of length <= W (the encoder window) is encoded once. A longer one (up to 2W - 2) is cut
-    into two overlapping windows, [0, W) and [T - W, T), each re-wrapped with the start/end special
-    tokens; token states are averaged where the windows overlap and last-layer attention rows are
-    summed and renormalised. Returns states [B, L, d] and last-layer attention [B, H, L, L].
+    Window k is the start special tokens (k > 0, ns of them), tokens [a_k, b_k) and the end special tokens
+    (k < K - 1, ne of them): W tokens in all, a well-formed encoder input. K is the fewest windows that
+    cover the document, so the room left over is less than one window's content; it becomes the overlap
+    of neighbouring windows, shared as evenly as possible among the K - 1 junctions (earlier ones get the
+    odd tokens), so no token is in more than two windows. For K = 2 (T <= 2W - ns - ne) these are ATLOP's
+    two windows [0, W - ne) and [T - W + ns, T).
+    """
+    C = W - ns - ne  # content tokens of a middle window
+    K = -(-(T - ns - ne) // C)
+    spare = K * W - (K - 1) * (ns + ne) - T  # tokens held twice, 0 <= spare < C
+    spans, end = [], 0
+    for k in range(K):
+        size = W - (ns if k else 0) - (ne if k < K - 1 else 0)
+        start = end - (spare // (K - 1) + (k - 1 < spare % (K - 1))) if k else 0
+        spans.append((start, start + size))
+        end = start + size
+    return spans
+
+
+class LongEncoder(nn.Module):
+    """Runs the encoder on documents longer than its position limit, as ATLOP does, with as many windows
+    as a document needs.
+
+    A document of length T <= W (the encoder window) is encoded once. A longer one is cut into the fewest
+    overlapping W-token windows that cover every token (window_spans), each re-wrapped with the start/end
+    special tokens; token states are averaged where windows overlap and last-layer attention rows are
+    summed and renormalised over the document. Up to T = 2W - 2 (one start and one end token) these are
+    ATLOP's two windows [0, W) and [T - W, T), with the same results (bit for bit on the CPU; on a GPU the
+    renormalising sum may round differently: at most 1e-9 in float32 on an H200). All windows of a batch
+    go through the encoder in one call. Returns states [B, L, d] and last-layer attention [B, H, L, L].
     """
 
     def __init__(self, encoder, start_ids, end_ids, window):
         super().__init__()
+        if window <= len(start_ids) + len(end_ids):
+            raise ValueError(f"window {window} leaves no room for tokens between the {len(start_ids)} start "
+                             f"and {len(end_ids)} end special tokens")
         self.encoder = encoder
         self.register_buffer("start_ids", torch.tensor(start_ids, dtype=torch.long), persistent=False)
         self.register_buffer("end_ids", torch.tensor(end_ids, dtype=torch.long), persistent=False)
         self.window = window
+        # Python copies for planning the windows: reading the buffers would wait for the GPU.
+        self._start, self._end = [int(i) for i in start_ids], [int(i) for i in end_ids]
 
     def _run(self, input_ids, attention_mask):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
         return out.last_hidden_state, out.attentions[-1]
 
+    def _plan(self, lengths):
+        """The windows of a batch, as CPU tensors: doc [P] (the document of each window), pos [P, W] (the
+        document position of each window token, -1 for an added special token) and fill [P, W] (the added
+        token's id, -1 elsewhere); and multi [B], whether a document has several windows.
+
+        A document of T <= W tokens has one window: its first W positions, padding included, so that its
+        states and attention are exactly the plain encoder's.
+        """
+        W, ns, ne = self.window, len(self._start), len(self._end)
+        doc, pos, fill, multi = [], [], [], []
+        for b, T in enumerate(lengths):
+            multi.append(T > W)
+            if T <= W:
+                doc.append(b)
+                pos.append(list(range(W)))
+                fill.append([-1] * W)
+                continue
+            spans = window_spans(T, W, ns, ne)
+            for k, (a, e) in enumerate(spans):
+                head, tail = (self._start if k else []), (self._end if k < len(spans) - 1 else [])
+                doc.append(b)
+                pos.append([-1] * len(head) + list(range(a, e)) + [-1] * len(tail))
+                fill.append(head + [-1] * (e - a) + tail)
+        return torch.tensor(doc), torch.tensor(pos), torch.tensor(fill), torch.tensor(multi)
+
     def forward(self, input_ids, attention_mask):
         B, L = input_ids.shape
-        W = self.window
-        if L <= W:
+        if L <= self.window:
             return self._run(input_ids, attention_mask)
-        ns, ne = len(self.start_ids), len(self.end_ids)
-        lengths = attention_mask.sum(1).tolist()
-        pieces_ids, pieces_mask, plan = [], [], []
-        for b, T in enumerate(lengths):
-            ids, m = input_ids[b], attention_mask[b]
-            if T <= W:
-                plan.append((len(pieces_ids), None, T))
-                pieces_ids.append(ids[:W])
-                pieces_mask.append(m[:W])
-                continue
-            first = torch.cat([ids[:W - ne], self.end_ids])
-            second = torch.cat([self.start_ids, ids[T - W + ns:T]])
-            plan.append((len(pieces_ids), len(pieces_ids) + 1, T))
-            pieces_ids += [first, second]
-            pieces_mask += [torch.ones(W, dtype=m.dtype, device=m.device)] * 2
-        seq_w, att_w = self._run(torch.stack(pieces_ids), torch.stack(pieces_mask))  # [P, W, d], [P, H, W, W]
-        seqs, atts = [], []
-        for first, second, T in plan:
-            if second is None:
-                seqs.append(F.pad(seq_w[first], (0, 0, 0, L - W)))
-                atts.append(F.pad(att_w[first], (0, L - W, 0, L - W)))
-                continue
-            # Drop the appended end token of window 1 and the prepended start token of window 2.
-            s1 = F.pad(seq_w[first, :W - ne], (0, 0, 0, L - W + ne))
-            a1 = F.pad(att_w[first, :, :W - ne, :W - ne], (0, L - W + ne, 0, L - W + ne))
-            m1 = F.pad(torch.ones(W - ne, device=s1.device, dtype=s1.dtype), (0, L - W + ne))
-            off = T - W + ns
-            s2 = F.pad(seq_w[second, ns:], (0, 0, off, L - T))
-            a2 = F.pad(att_w[second, :, ns:, ns:], (off, L - T, off, L - T))
-            m2 = F.pad(torch.ones(W - ns, device=s1.device, dtype=s1.dtype), (off, L - T))
-            seqs.append((s1 + s2) / (m1 + m2).clamp(min=1).unsqueeze(-1))
-            att = a1 + a2
-            atts.append(att / (att.sum(-1, keepdim=True) + 1e-10))
-        return torch.stack(seqs), torch.stack(atts)
+        device = input_ids.device
+        doc, pos, fill, multi = (x.to(device) for x in self._plan(attention_mask.sum(1).tolist()))
+        keep = pos >= 0  # [P, W]
+        src = (doc[:, None], pos.clamp(min=0))
+        ids = torch.where(keep, input_ids[src], fill)
+        mask = torch.where(keep, attention_mask[src], torch.ones_like(attention_mask[src]))
+        seq_w, att_w = self._run(ids, mask)  # [P, W, d], [P, H, W, W]
+        d, H = seq_w.size(-1), att_w.size(1)
+        # Scatter-add every kept window token into its document position (index B*L, or B*L*L for
+        # attention, collects the added special tokens and is dropped). No position is in more than two
+        # windows, and a sum of two terms does not depend on their order: the result is deterministic.
+        row = torch.where(keep, doc[:, None] * L + pos, B * L)  # [P, W]
+        seq = seq_w.new_zeros(B * L + 1, d).index_add_(0, row.flatten(), seq_w.flatten(0, 1))
+        count = seq_w.new_zeros(B * L + 1).index_add_(0, row.flatten(), keep.flatten().to(seq_w.dtype))
+        seq = (seq / count.clamp(min=1)[:, None])[:-1].view(B, L, d)
+        cell = torch.where(keep[:, :, None] & keep[:, None, :], row[:, :, None] * L + pos[:, None, :],
+                           B * L * L)  # [P, W, W]
+        att = att_w.new_zeros(H, B * L * L + 1).index_add_(1, cell.flatten(), att_w.transpose(0, 1).flatten(1))
+        att = att[:, :-1].view(H, B, L, L).transpose(0, 1)  # [B, H, L, L]
+        # Rows of a multi-window document are renormalised; a one-window document keeps the encoder's.
+        norm = torch.where(multi[:, None, None, None], att.sum(-1, keepdim=True) + 1e-10, 1.0)
+        return seq, att / norm
 
 
 class BaseModule(nn.Module):

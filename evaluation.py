@@ -3,8 +3,11 @@
 DocRED scores (`docred_scores`) follow the official CodaLab scorer (thunlp/DocRED code/evaluation.py):
 
 * The submission is de-duplicated on (title, h_idx, t_idx, r). Unlike the official scorer, a
-  malformed entry (missing or mistyped field, entity index outside a gold document) or two gold
-  documents with the same title raise DataError instead of being scored silently.
+  malformed entry (missing or mistyped field, entity index outside a gold document), a malformed
+  gold or train document (every field the scorer reads: title, vertexSet mention names and, in gold
+  documents, sent_ids, which must index the document's sents, and labels h, t, r) or two gold
+  documents with the same title raise DataError naming the file, the document and the field,
+  instead of being scored silently or crashing.
 * A prediction is correct when (title, r, h_idx, t_idx) is a gold fact; gold facts are the unique
   (title, r, h, t) of the gold documents' labels.
 * Precision = correct / #submitted (de-duplicated), recall = correct / #gold facts.
@@ -46,17 +49,38 @@ import numpy as np
 from utils import DataError
 
 
+def loads_json(raw):
+    """Parse JSON bytes (strict UTF-8) with the json module, whose errors say where (line, column).
+
+    ujson parses these files no faster (bench/json_speed.py: 0.93-1.11x on DocRED test.json and Re-DocRED
+    train_mini.json) and is laxer (leading zeros, raw control characters, UTF-8-encoded surrogates).
+    Raises UnicodeDecodeError, json.JSONDecodeError or RecursionError (nesting deeper than Python's stack).
+    """
+    return json.loads(raw.decode("utf-8"))
+
+
+def json_error(e):
+    """What to show of a loads_json error: json's own message (it says where), or that nesting is too deep."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e)
+
+
 def load_docs(path):
     """Read a JSON file that must hold a list (documents or submission entries)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: invalid JSON: {e}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        data = loads_json(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path}: invalid JSON: {json_error(e)}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list, got {type(data).__name__}")
     return data
@@ -100,36 +124,70 @@ def _prf(correct, num_pred, num_gold):
     return 100 * p, 100 * r, 100 * _ratio(2 * p * r, p + r)
 
 
-def _is_int(x):
+def is_int(x):
+    """A JSON integer: bool is an int subclass in Python, but true/false is no index."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _checked_doc(doc, d, where, mention_fields):
-    """Check one document's title, vertexSet (mentions need `mention_fields`) and labels.
+def _show(value, limit=60):
+    """repr of a bad value, cut short: a whole nested list would bury the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    Returns (title, vertexSet, labels); a document without a 'labels' key has no labels.
+
+def _checked_doc(doc, d, where, gold):
+    """Check what the scorer reads of one document: its title, its vertexSet (every mention's name and,
+    in gold documents, its sent_id, an index into the document's sents) and its labels (h and t entity
+    indices, r a string). Returns (title, vertexSet, labels); a document without 'labels' has none.
     """
-    if not isinstance(doc, dict) or not isinstance(doc.get("title"), str):
-        raise DataError(f"{where}: document {d}: missing or non-string 'title'")
+    if not isinstance(doc, dict):
+        raise DataError(f"{where}: document {d}: expected a JSON object, got {type(doc).__name__}")
+    if not isinstance(doc.get("title"), str):
+        raise DataError(f"{where}: document {d}: title: missing or not a string ({_show(doc.get('title'))})")
     title, vertex_set, labels = doc["title"], doc.get("vertexSet"), doc.get("labels", [])
+    at = f"{where}: document {d} ({_show(title, 80)})"
     if not isinstance(vertex_set, list):
-        raise DataError(f"{where}: document {d} ({title!r}): missing or non-list 'vertexSet'")
+        raise DataError(f"{at}: vertexSet: missing or not a list of entities")
+    num_sents = _num_sents(doc, at) if gold else None
     for e, entity in enumerate(vertex_set):
-        if not isinstance(entity, list) or not entity or not all(
-                isinstance(m, dict) and all(f in m for f in mention_fields) for m in entity):
-            raise DataError(f"{where}: document {d} ({title!r}): vertexSet entity {e} must be a "
-                            f"non-empty list of mentions with fields {', '.join(mention_fields)}")
+        if not isinstance(entity, list) or not entity:
+            raise DataError(f"{at}: vertexSet[{e}]: expected a non-empty list of mentions")
+        for m, mention in enumerate(entity):
+            _check_mention(mention, f"{at}: vertexSet[{e}][{m}]", num_sents)
     if not isinstance(labels, list):
-        raise DataError(f"{where}: document {d} ({title!r}): 'labels' is not a list")
+        raise DataError(f"{at}: labels: expected a list")
     for k, lab in enumerate(labels):
-        for field in ("h", "t", "r"):
-            value = lab.get(field) if isinstance(lab, dict) else None
-            ok = (isinstance(value, str) if field == "r"
-                  else _is_int(value) and 0 <= value < len(vertex_set))
-            if not ok:
-                raise DataError(f"{where}: document {d} ({title!r}) label {k}: "
-                                f"bad or missing field {field!r}")
+        if not isinstance(lab, dict):
+            raise DataError(f"{at}: labels[{k}]: expected a JSON object")
+        for field in ("h", "t"):
+            value = lab.get(field)
+            if not is_int(value) or not 0 <= value < len(vertex_set):
+                raise DataError(f"{at}: labels[{k}].{field}: {_show(value)} is not an entity index "
+                                f"(vertexSet has {len(vertex_set)} entities)")
+        if not isinstance(lab.get("r"), str):
+            raise DataError(f"{at}: labels[{k}].r: missing or not a relation name ({_show(lab.get('r'))})")
     return title, vertex_set, labels
+
+
+def _num_sents(doc, at):
+    """Sentence count of a gold document: what its mentions' sent_ids index (Intra/Inter need them)."""
+    sents = doc.get("sents")
+    if not isinstance(sents, list) or not all(isinstance(sent, list) for sent in sents):
+        raise DataError(f"{at}: sents: missing or not a list of sentences (lists of words)")
+    return len(sents)
+
+
+def _check_mention(mention, at, num_sents):
+    """A mention needs a string name (Ign F1) and, when num_sents is given, a sent_id in range."""
+    if not isinstance(mention, dict):
+        raise DataError(f"{at}: expected a mention object, got {type(mention).__name__}")
+    if not isinstance(mention.get("name"), str):
+        raise DataError(f"{at}.name: missing or not a string ({_show(mention.get('name'))})")
+    if num_sents is not None:
+        sid = mention.get("sent_id")
+        if not is_int(sid) or not 0 <= sid < num_sents:
+            raise DataError(f"{at}.sent_id: {_show(sid)} is not a sentence id "
+                            f"(the document has {num_sents} sentences)")
 
 
 def _index_gold(gold_docs, where):
@@ -138,7 +196,7 @@ def _index_gold(gold_docs, where):
         raise DataError(f"{where}: expected a list of documents, got {type(gold_docs).__name__}")
     docs, facts = {}, set()
     for d, doc in enumerate(gold_docs):
-        title, vertex_set, labels = _checked_doc(doc, d, where, ("name", "sent_id"))
+        title, vertex_set, labels = _checked_doc(doc, d, where, gold=True)
         if title in docs:
             # Predictions are matched by title, so two gold documents with one title are ambiguous.
             raise DataError(f"{where}: document {d}: title {title!r} repeats document {docs[title][0]}")
@@ -153,7 +211,7 @@ def _train_facts(train_docs, where):
         raise DataError(f"{where}: expected a list of documents, got {type(train_docs).__name__}")
     facts = set()
     for d, doc in enumerate(train_docs):
-        _, vertex_set, labels = _checked_doc(doc, d, where, ("name",))
+        _, vertex_set, labels = _checked_doc(doc, d, where, gold=False)
         for lab in labels:
             for m1 in vertex_set[lab["h"]]:
                 for m2 in vertex_set[lab["t"]]:
@@ -176,7 +234,7 @@ def _dedup_submission(submission, where, docs):
         if type(key[0]) is not str or type(key[1]) is not int or type(key[2]) is not int \
                 or type(key[3]) is not str:
             for field, value in zip(("title", "h_idx", "t_idx", "r"), key):
-                if not (isinstance(value, str) if field in ("title", "r") else _is_int(value)):
+                if not (isinstance(value, str) if field in ("title", "r") else is_int(value)):
                     raise DataError(f"{where}: entry {i}: bad or missing field {field!r}")
         if key[0] in docs:
             # The official scorer would just score such a prediction as wrong, but an entity index

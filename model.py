@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from base_module import BaseModule
+from base_module import BaseModule, load_encoder
 from inference_module import InferenceModule
 from losses import at_loss, get_label, simclr_loss, simsiam_loss
-from utils import Pairs
+from utils import Pairs, UsageError, default_model_path
 
 # The authors' noise rates (their create_sample): positives r ~ U(0.2, 0.5), sampled negatives r ~ U(0.05, 0.15).
 AUTHORS_NOISE_POSITIVES = (0.2, 0.5)
@@ -125,6 +125,17 @@ def build_model(args, num_class, encoder, start_ids, end_ids):
                     parse_loss_weights(args.loss_weights), args.contrastive, args.contrastive_target,
                     args.temperature, args.test_logits, args.num_labels)
     return DocREModel(base, inference, recipe, args.freeze_base)
+
+
+def load_model(args, num_class, tokenizer):
+    """build_model on the encoder the flags name (--model_name_or_path, default the bundled one)."""
+    start = [tokenizer.cls_token_id]
+    end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
+    try:
+        encoder = load_encoder(args.model_name_or_path or default_model_path(), args.attention)
+    except OSError as e:
+        raise UsageError(f"cannot load encoder {args.model_name_or_path!r}: {e}") from e
+    return build_model(args, num_class, encoder, start, end)
 
 
 class DocREModel(nn.Module):

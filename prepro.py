@@ -6,7 +6,6 @@ One feature dict per document:
   entity_pos    per entity, (start, end) indices into input_ids of the `*` markers
                 before and after each mention; a mention whose start marker was
                 cut off by truncation is left out (an entity may keep none)
-  mention_sent  per entity, the sentence id of every mention in the source
   hts           [h, t] entity pairs: all ordered pairs (h-major) for DocRED,
                 the annotated candidate pairs (file order) for CDR/GDA
   labels        per pair, the sorted positive relation ids (>= 1); [] is Na
@@ -30,6 +29,12 @@ clipped to the last kept subword.
 Tokenization uses the fast tokenizer once per batch of documents
 (is_split_into_words=True) and maps marker words to subwords with
 word_to_tokens, instead of calling the tokenizer word by word.
+
+load_features is the entry point: it reads DocRED-format JSON (DocRED,
+Re-DocRED) or CDR/GDA `.data` files, checks every field it reads (bad input is
+a utils.DataError naming the file, the document and the field), and caches the
+features with what truncation cost, so that the truncation warning appears
+whether the features were built or read from the cache.
 """
 import contextlib
 import gc
@@ -37,14 +42,15 @@ import hashlib
 import json
 import logging
 import os
-import stat
 
 import transformers
+import ujson
 
+import evaluation
 import utils
 
 # Bump when the features for unchanged inputs change: it is part of the cache key.
-PREPRO_VERSION = 1
+PREPRO_VERSION = 2
 MARKER = "*"
 # Documents per tokenizer call: large enough to be fast, small enough to bound
 # memory on big files such as DocRED's distant-supervision set.
@@ -82,9 +88,9 @@ def load_rel2id(path=None):
     """Read a relation map {"Na": 0, "P17": ..., ...}; default meta/rel2id.json next to this file."""
     path = path or DEFAULT_REL2ID
     try:
-        rel2id = json.loads(_read_bytes(path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise utils.DataError(f"{path}: invalid JSON: {e}") from e
+        rel2id = evaluation.loads_json(_read_bytes(path))
+    except (ValueError, RecursionError) as e:
+        raise utils.DataError(f"{path}: invalid JSON: {evaluation.json_error(e)}") from None
     if not isinstance(rel2id, dict) or not all(isinstance(v, int) for v in rel2id.values()):
         raise utils.DataError(f"{path}: expected a JSON object mapping relation names to integer ids")
     if rel2id.get("Na") != 0:
@@ -94,55 +100,65 @@ def load_rel2id(path=None):
     return rel2id
 
 
-def read_docred(path, tokenizer, rel2id, max_seq_length=1024):
-    """Features for a DocRED-format JSON file (DocRED, Re-DocRED); "labels" is optional."""
-    return _docred_features(_read_bytes(path), path, tokenizer, rel2id, max_seq_length)
-
-
-def read_cdr(path, tokenizer, max_seq_length=1024):
-    """Features for a CDR `.data` file (EoG format); class 1 is CID."""
-    return _bio_features(_read_bytes(path), path, tokenizer, max_seq_length, "cdr")
-
-
-def read_gda(path, tokenizer, max_seq_length=1024):
-    """Features for a GDA `.data` file (EoG format); class 1 is GDA."""
-    return _bio_features(_read_bytes(path), path, tokenizer, max_seq_length, "gda")
-
-
 def load_features(path, dataset, tokenizer, max_seq_length, rel2id=None, cache_dir=None):
-    """Features for `path`, read from or written to a cache file.
+    """Features of the documents in `path` ('docred': DocRED-format JSON; 'cdr', 'gda': `.data` files).
 
-    The cache is a JSON file (safe to load, unlike pickle) whose name holds a
-    hash of everything the features depend on (file content, tokenizer,
-    max_seq_length, dataset, PREPRO_VERSION, rel2id), so a stale cache is never
-    read: any change gives a new name. Default cache_dir:
-    `.docre_cache` next to the data file, or ~/.cache/docre-ii when the data
-    folder is read-only. rel2id defaults to meta/rel2id.json for DocRED.
+    With a cache_dir, they are read from or written to a cache file there: a
+    JSON file (safe to load, unlike pickle) whose name holds a hash of
+    everything the features depend on (file content, tokenizer, max_seq_length,
+    dataset, PREPRO_VERSION, rel2id), so a stale cache is never read: any change
+    gives a new name. Without one (None or ''), nothing is cached. rel2id
+    defaults to meta/rel2id.json for DocRED. Documents longer than
+    max_seq_length are truncated, with a warning (also on a cache hit).
     """
     if dataset not in ("docred", "cdr", "gda"):
         raise utils.UsageError(f"dataset must be 'docred', 'cdr' or 'gda', got {dataset!r}")
     if dataset == "docred" and rel2id is None:
         rel2id = load_rel2id()
     raw = _read_bytes(path)
-    key = _cache_key(raw, dataset, tokenizer, max_seq_length, rel2id if dataset == "docred" else None)
-    folder = cache_dir or default_cache_dir(path)
-    cache_path = os.path.join(folder, f"{os.path.basename(path)}.{dataset}.{key[:24]}.json")
-    if os.path.exists(cache_path):
-        try:
-            features = _load_cache(cache_path)
-            logger.info("%s: loaded %d cached documents from %s", path, len(features), cache_path)
-            return features
-        except (OSError, ValueError, KeyError, TypeError) as e:  # an unreadable cache is rebuilt, never trusted
-            logger.warning("%s: unreadable cache %s (%s); rebuilding it", path, cache_path, e)
-    if dataset == "docred":
-        features = _docred_features(raw, path, tokenizer, rel2id, max_seq_length)
+    cache_path = None
+    if cache_dir:
+        key = _cache_key(raw, dataset, tokenizer, max_seq_length, rel2id if dataset == "docred" else None)
+        cache_path = os.path.join(cache_dir, f"{os.path.basename(path)}.{dataset}.{key[:24]}.json")
+    cached = _read_cache(cache_path, path) if cache_path and os.path.exists(cache_path) else None
+    if cached is not None:
+        features, truncation = cached
     else:
-        features = _bio_features(raw, path, tokenizer, max_seq_length, dataset)
+        if dataset == "docred":
+            features, truncation = _docred_features(raw, path, tokenizer, rel2id, max_seq_length)
+        else:
+            features, truncation = _bio_features(raw, path, tokenizer, max_seq_length, dataset)
+        if cache_path:
+            _write_cache(cache_path, path, features, truncation)
+    _warn_truncation(path, truncation, len(features), max_seq_length)
+    return features
+
+
+def _warn_truncation(path, truncation, num_docs, max_seq_length):
+    """Warn on every load, from the cache too: a warm run must not hide that documents were cut."""
+    if truncation["truncated"]:
+        logger.warning("%s: %d of %d documents truncated to max_seq_length=%d; %d entity mentions lost",
+                       path, truncation["truncated"], num_docs, max_seq_length, truncation["lost"])
+
+
+def _read_cache(cache_path, path):
+    """(features, truncation counts) from a cache file, or None when it cannot be read: it is then rebuilt."""
     try:
-        utils.atomic_write_bytes(cache_path, json.dumps(features, separators=(",", ":")).encode("utf-8"))
+        features, truncation = _load_cache(cache_path)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # rebuilt, never trusted
+        logger.warning("%s: unreadable cache %s (%s); rebuilding it", path, cache_path, e)
+        return None
+    logger.info("%s: loaded %d cached documents from %s", path, len(features), cache_path)
+    return features, truncation
+
+
+def _write_cache(cache_path, path, features, truncation):
+    cache = {"version": PREPRO_VERSION, "truncation": truncation, "features": features}
+    try:
+        # ujson writes it 3.3x faster than json (bench/json_speed.py); the output is ASCII.
+        utils.atomic_write_bytes(cache_path, ujson.dumps(cache).encode("utf-8"))
     except OSError as e:  # caching only saves time: carry on without it
         logger.warning("%s: cannot write cache %s: %s", path, cache_path, e)
-    return features
 
 
 @contextlib.contextmanager
@@ -166,26 +182,15 @@ def _load_cache(cache_path):
     # JSON rather than pickle/torch.load: loading it cannot run code, even from a
     # shared cache folder, and with the collector paused it is as fast as pickle.
     with open(cache_path, "rb") as f:
-        features = json.loads(f.read().decode("utf-8"))
+        cache = ujson.loads(f.read())  # 1.4x faster than json here (bench/json_speed.py)
+    if cache["version"] != PREPRO_VERSION or not isinstance(cache["features"], list):
+        raise ValueError("not a feature cache of this version")
+    features, truncation = cache["features"], cache["truncation"]
+    if not all(isinstance(truncation[k], int) for k in ("truncated", "lost")):
+        raise ValueError("no truncation counts")
     for feature in features:
         feature["entity_pos"] = [[tuple(span) for span in spans] for spans in feature["entity_pos"]]
-    return features
-
-
-def default_cache_dir(path):
-    """`.docre_cache` next to the data file if that folder may be written, else the user cache."""
-    folder = os.path.join(os.path.dirname(os.path.abspath(path)), ".docre_cache")
-    if _writable(folder if os.path.isdir(folder) else os.path.dirname(folder)):
-        return folder
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "docre-ii")
-
-
-def _writable(folder):
-    # root passes os.access everywhere, so also honour the mode bits: a data
-    # folder marked read-only is never written to, whoever runs the code.
-    write_bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
-    return os.access(folder, os.W_OK) and bool(os.stat(folder).st_mode & write_bits)
+    return features, truncation
 
 
 def _cache_key(raw, dataset, tokenizer, max_seq_length, rel2id):
@@ -217,9 +222,21 @@ def _read_bytes(path):
             raw = f.read()
     except FileNotFoundError as e:
         raise utils.UsageError(f"{path}: no such file") from e
+    except OSError as e:  # a folder, no permission, ...
+        raise utils.UsageError(f"{path}: cannot read: {e.strerror or e}") from e
     if not raw.strip():
         raise utils.DataError(f"{path}: empty file")
     return raw
+
+
+def _is_text(text):
+    """Whether a string is Unicode text: JSON escapes can make lone surrogates (\\ud800), which the
+    tokenizer cannot take and UTF-8 cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decode(raw, path):
@@ -234,10 +251,13 @@ def _decode(raw, path):
 
 @_gc_paused()
 def _docred_features(raw, path, tokenizer, rel2id, max_seq_length):
+    """(features, truncation counts) of a DocRED-format JSON file."""
     try:
-        data = json.loads(_decode(raw, path))
-    except json.JSONDecodeError as e:
-        raise utils.DataError(f"{path}: not DocRED JSON (invalid JSON: {e})") from e
+        data = evaluation.loads_json(raw)
+    except UnicodeDecodeError as e:
+        raise utils.DataError(f"{path}: not UTF-8 text: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise utils.DataError(f"{path}: not DocRED JSON (invalid JSON: {evaluation.json_error(e)})") from None
     if not isinstance(data, list):
         raise utils.DataError(f"{path}: not DocRED JSON (expected a list of documents, got {type(data).__name__})")
     if not data:
@@ -253,24 +273,24 @@ def _docred_features(raw, path, tokenizer, rel2id, max_seq_length):
     return _featurize(docs, tokenizer, max_seq_length, path)
 
 
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _parse_docred_doc(doc, index, path, rel2id):
     """Check one DocRED document and flatten it to words, entity spans and labelled pairs."""
     if not isinstance(doc, dict):
         raise utils.DataError(f"{path}: document {index}: expected a JSON object, got {type(doc).__name__}")
-    where = f"{path}: document {index} ({json.dumps(doc.get('title', '?'), ensure_ascii=False)})"
+    title = json.dumps(doc.get("title", "?"), ensure_ascii=False)
+    where = f"{path}: document {index} ({title if len(title) <= 80 else title[:77] + '...'})"
     for key in ("title", "sents", "vertexSet"):
         if key not in doc:
             raise utils.DataError(f"{where}: missing key '{key}'")
-    if not isinstance(doc["title"], str):
-        raise utils.DataError(f"{where}: title: expected a string")
+    if not isinstance(doc["title"], str) or not _is_text(doc["title"]):
+        raise utils.DataError(f"{where}: title: expected a string of Unicode text")
     sents = doc["sents"]
     if not isinstance(sents, list) or not all(
             isinstance(s, list) and all(isinstance(w, str) for w in s) for s in sents):
         raise utils.DataError(f"{where}: sents: expected a list of sentences, each a list of words")
+    if not _is_text("".join(w for sent in sents for w in sent)):
+        s, w = next((s, w) for s, sent in enumerate(sents) for w, word in enumerate(sent) if not _is_text(word))
+        raise utils.DataError(f"{where}: sents[{s}][{w}]: not Unicode text (a lone surrogate such as \\ud800)")
     offsets = [0]
     for sent in sents:
         offsets.append(offsets[-1] + len(sent))
@@ -278,27 +298,25 @@ def _parse_docred_doc(doc, index, path, rel2id):
     vertex_set = doc["vertexSet"]
     if not isinstance(vertex_set, list):
         raise utils.DataError(f"{where}: vertexSet: expected a list of entities")
-    entities, mention_sent = [], []
+    entities = []
     for e, entity in enumerate(vertex_set):
         if not isinstance(entity, list) or not entity:
             raise utils.DataError(f"{where}: vertexSet[{e}]: expected a non-empty list of mentions")
-        spans, sent_ids = [], []
+        spans = []
         for m, mention in enumerate(entity):
             field = f"vertexSet[{e}][{m}]"
             if not isinstance(mention, dict) or "pos" not in mention or "sent_id" not in mention:
                 raise utils.DataError(f"{where}: {field}: expected a mention with 'pos' and 'sent_id'")
             sid, pos = mention["sent_id"], mention["pos"]
-            if not _is_int(sid) or not 0 <= sid < len(sents):
+            if not evaluation.is_int(sid) or not 0 <= sid < len(sents):
                 raise utils.DataError(f"{where}: {field}.sent_id: {sid!r} is not a sentence id "
                                       f"(the document has {len(sents)} sentences)")
-            if (not isinstance(pos, list) or len(pos) != 2 or not all(map(_is_int, pos))
+            if (not isinstance(pos, list) or len(pos) != 2 or not all(map(evaluation.is_int, pos))
                     or not 0 <= pos[0] < pos[1] <= len(sents[sid])):
                 raise utils.DataError(f"{where}: {field}.pos: {pos!r} is not a span [start, end) inside "
                                       f"sentence {sid} ({len(sents[sid])} words)")
             spans.append((offsets[sid] + pos[0], offsets[sid] + pos[1]))
-            sent_ids.append(sid)
         entities.append(spans)
-        mention_sent.append(sent_ids)
 
     n = len(entities)
     pair_labels = {}
@@ -309,13 +327,13 @@ def _parse_docred_doc(doc, index, path, rel2id):
         if not isinstance(label, dict):
             raise utils.DataError(f"{where}: labels[{k}]: expected a JSON object")
         for arg in ("h", "t"):
-            if not _is_int(label.get(arg)) or not 0 <= label[arg] < n:
+            if not evaluation.is_int(label.get(arg)) or not 0 <= label[arg] < n:
                 raise utils.DataError(f"{where}: labels[{k}].{arg}: {label.get(arg)!r} is not an entity "
                                       f"index (vertexSet has {n} entities)")
         if label["h"] == label["t"]:
             raise utils.DataError(f"{where}: labels[{k}]: head and tail are the same entity {label['h']}")
         r = label.get("r")
-        if r == "Na" or r not in rel2id:
+        if not isinstance(r, str) or r == "Na" or r not in rel2id:
             raise utils.DataError(f"{where}: labels[{k}].r: unknown relation {r!r}")
         pair_labels.setdefault((label["h"], label["t"]), set()).add(rel2id[r])
 
@@ -326,7 +344,6 @@ def _parse_docred_doc(doc, index, path, rel2id):
         "words": [w for sent in sents for w in sent],
         "entities": entities,
         "extra_spans": [],
-        "mention_sent": mention_sent,
         "hts": hts,
         "labels": [positives[h, t] if (h, t) in positives else [] for h, t in hts],
         "num_class": len(rel2id),
@@ -338,6 +355,7 @@ def _parse_docred_doc(doc, index, path, rel2id):
 
 @_gc_paused()
 def _bio_features(raw, path, tokenizer, max_seq_length, dataset):
+    """(features, truncation counts) of a CDR or GDA `.data` file."""
     docs, first_line = [], {}
     for line_no, line in enumerate(_decode(raw, path).split("\n"), start=1):
         line = line.rstrip("\r")
@@ -373,7 +391,7 @@ def _parse_data_line(line, line_no, path, label_map, first_line):
     for sent in sents:
         offsets.append(offsets[-1] + len(sent))
 
-    ent_index, entities, mention_sent, extra_spans = {}, [], [], []
+    ent_index, entities, extra_spans = {}, [], []
     hts, labels, seen_pairs = [], [], set()
     for p, start in enumerate(range(2, len(fields), PAIR_FIELDS)):
         group = fields[start:start + PAIR_FIELDS]
@@ -390,11 +408,10 @@ def _parse_data_line(line, line_no, path, label_map, first_line):
             raise utils.DataError(f"{where}: pair {p}: direction must be L2R or R2L, got {direction!r}")
         head, tail = (first, second) if direction == "L2R" else (second, first)
         ids = []
-        for eid, spans, sent_ids in (head, tail):
+        for eid, spans in (head, tail):
             if eid not in ent_index:
                 ent_index[eid] = len(entities)
                 entities.append(spans)
-                mention_sent.append(sent_ids)
             elif entities[ent_index[eid]] != spans:
                 raise utils.DataError(f"{where}: pair {p}: entity {eid} has other mentions than in an earlier pair")
             ids.append(ent_index[eid])
@@ -410,7 +427,6 @@ def _parse_data_line(line, line_no, path, label_map, first_line):
         "words": [w for sent in sents for w in sent],
         "entities": entities,
         "extra_spans": extra_spans,
-        "mention_sent": mention_sent,
         "hts": hts,
         "labels": labels,
         "num_class": 2,
@@ -418,7 +434,7 @@ def _parse_data_line(line, line_no, path, label_map, first_line):
 
 
 def _parse_data_entity(fields, where, sents, offsets):
-    """(id, [(start, end) word spans], [sentence ids]) from the 6 fields of one entity."""
+    """(id, [(start, end) word spans]) from the 6 fields of one entity; each span must lie inside its sentence."""
     eid, _names, _type, starts, ends, sent_ids = fields
     try:
         starts, ends, sent_ids = ([int(x) for x in f.split(":")] for f in (starts, ends, sent_ids))
@@ -434,7 +450,7 @@ def _parse_data_entity(fields, where, sents, offsets):
         if not offsets[sid] <= s < e <= offsets[sid + 1]:
             raise utils.DataError(f"{where} ({eid}): mention [{s}, {e}) is not inside sentence {sid} "
                                   f"(words {offsets[sid]}..{offsets[sid + 1] - 1})")
-    return eid, list(zip(starts, ends)), sent_ids
+    return eid, list(zip(starts, ends))
 
 
 # ------------------------------------------------------ markers and subwords
@@ -480,7 +496,11 @@ def _check_tokenizer(tokenizer):
 
 
 def _featurize(docs, tokenizer, max_seq_length, path):
-    """Mark, tokenize (one call per batch of documents), truncate and assemble the features."""
+    """Mark, tokenize (one call per batch of documents), truncate and assemble the features.
+
+    Returns (features, truncation): truncation counts the documents cut to
+    max_seq_length and the entity mentions lost with them, for the warning.
+    """
     _check_tokenizer(tokenizer)
     if max_seq_length < 3:
         raise utils.UsageError(f"max_seq_length must be at least 3, got {max_seq_length}")
@@ -517,15 +537,11 @@ def _featurize(docs, tokenizer, max_seq_length, path):
                 "title": doc["title"],
                 "input_ids": [tokenizer.cls_token_id] + ids[:limit] + [tokenizer.sep_token_id],
                 "entity_pos": entity_pos,
-                "mention_sent": doc["mention_sent"],
                 "hts": doc["hts"],
                 "labels": doc["labels"],
                 "num_entities": len(doc["entities"]),
                 "num_class": doc["num_class"],
             })
-    if truncated:
-        logger.warning("%s: %d of %d documents truncated to max_seq_length=%d; %d entity mentions lost",
-                       path, truncated, len(docs), max_seq_length, lost)
     logger.info("%s: %d documents, %d entity pairs, %d with a relation", path, len(features),
                 sum(len(f["hts"]) for f in features), sum(bool(x) for f in features for x in f["labels"]))
-    return features
+    return features, {"truncated": truncated, "lost": lost}

@@ -1,7 +1,7 @@
 """Train and evaluate DocRE-II: stage 1 (base module), stage 2 (whole model), then dev/test predictions.
 
-Reads top to bottom: flags -> data -> model -> optimiser per stage -> epoch loop (train, evaluate,
-checkpoint) -> final predictions. One process, or one per GPU under torchrun (DistributedDataParallel).
+Reads top to bottom: flags -> data -> model -> the training loop (one function per stage, one per step) ->
+final predictions. One process, or one per GPU under torchrun (DistributedDataParallel).
 
 Continue an interrupted run (SIGINT/SIGTERM save last.pt): python train.py --resume SAVE_PATH
 Predict new DocRED-format documents (no labels needed) with a trained checkpoint; writes OUT/result.json and a
@@ -11,29 +11,27 @@ readable OUT/predictions.json (title, head/tail entity names, relation id and na
 import argparse
 import contextlib
 import datetime
-import io
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 import evaluation
+import predict
 import prepro
-from base_module import load_encoder
-from losses import get_label
-from model import build_model, parse_loss_weights
-from utils import DataError, UsageError, atomic_write_bytes, atomic_write_json, collate_fn, default_model_path, \
-    move_to, set_seed
+from model import load_model, parse_loss_weights
+from utils import (DataError, UsageError, atomic_write_json, autocast, collate_fn, default_model_path,
+                   load_checkpoint, move_to, rng_state, save_checkpoint, set_rng_state, set_seed)
 
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
@@ -41,19 +39,19 @@ from utils import DataError, UsageError, atomic_write_bytes, atomic_write_json, 
 BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "rel2id")
 INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
                   "contrastive", "classifier_layers", "rel_emb_init", "relation_input", "test_logits")
+# Flags a resumed run may change: how it runs, not what it computes.
+RUNTIME_KEYS = ("num_workers", "threads", "device", "log_every", "wandb", "wandb_project")
 # --recipe authors: the training recipe of the authors' code (DeepLearnXMU/DocRE-II, see README "Faithfulness");
 # --recipe paper keeps every default. Flags given explicitly override the preset.
 RECIPES = {"paper": {}, "authors": {
     "train_relations": "gold", "relation_input": "multihot", "noise_on": "sampled", "negative_ratio": 5,
     "loss_weights": "5,5,5,1", "contrastive_target": "stopgrad", "test_logits": "sum", "rel_emb_init": "xavier",
     "classifier_layers": 2, "weight_decay": 1e-4, "stage2_base_params": "encoder"}}
-# Test hook (tests/test_reliability.py): seconds to sleep after every optimiser step, so that a test can
-# send SIGTERM/SIGINT while an epoch is under way. Unset (0) in normal use.
-TEST_SLEEP_PER_STEP = float(os.environ.get("DOCRE_TEST_SLEEP_PER_STEP") or 0)
 OUTPUTS = ("metrics.jsonl", "best.pt", "last.pt", "result.json", "dev_result.json", "predictions.json")
 
 
-def parse_args(argv=None):
+# ---------------------------------------------------------------- flags
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     # data
@@ -141,19 +139,75 @@ def parse_args(argv=None):
     a("--log_every", type=int, default=50, help="steps between progress-bar loss updates")
     a("--wandb", action="store_true", help="log to Weights & Biases (respects WANDB_MODE)")
     a("--wandb_project", default="docre-ii")
-    args = p.parse_args(argv)
-    given = explicit_flags(p, argv)
-    for key, value in RECIPES[args.recipe].items():
-        if key not in given:
-            setattr(args, key, value)
+    return p
+
+
+def parse_args(argv=None):
+    """The flags of the command line, with --recipe's preset under the flags given explicitly."""
+    args, _ = parse_with_given(argv)
     return args
 
 
-def explicit_flags(parser, argv):
+def parse_with_given(argv):
+    args = build_parser().parse_args(argv)
+    given = explicit_flags(argv)
+    for key, value in RECIPES[args.recipe].items():
+        if key not in given:
+            setattr(args, key, value)
+    return args, given
+
+
+def explicit_flags(argv):
     """The flags given on the command line (parsed again with every default suppressed)."""
+    parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
+
+
+def resolve_args(argv):
+    """Every flag of this run, in one place. Precedence: the command line, then the checkpoint the run continues
+    (--resume: all of the interrupted run's flags) or reads (--load_path: the network flags), then the defaults.
+    Returns (args, the loaded checkpoint or None)."""
+    args, given = parse_with_given(argv)
+    validate_args(args)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
+        saved = dict(ckpt["args"])
+        changed = sorted(k for k in given - set(RUNTIME_KEYS) - {"resume"} if getattr(args, k) != saved.get(k))
+        if changed:
+            raise UsageError(f"--resume {args.resume} continues the run as it was started; these flags would "
+                             f"change it: {', '.join('--' + k for k in changed)} (only "
+                             f"{', '.join('--' + k for k in RUNTIME_KEYS)} can be changed)")
+        args = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in given & set(RUNTIME_KEYS)},
+                                     "resume": args.resume, "save_path": args.resume})
+    elif args.load_path:
+        ckpt = load_checkpoint(args.load_path)
+        for key in BASE_KEYS + (INFERENCE_KEYS if args.evaluate_only else ()):
+            if key not in ckpt["args"]:
+                continue
+            if key in given and getattr(args, key) != ckpt["args"][key]:
+                raise UsageError(f"{args.load_path}: trained with --{key} {ckpt['args'][key]!r}, but this run "
+                                 f"asks for {getattr(args, key)!r}")
+            setattr(args, key, ckpt["args"][key])
+        if args.evaluate_only:
+            if "num_iterations" not in given:  # K of the run that wrote the checkpoint
+                args.num_iterations = ckpt["args"].get("num_iterations", args.num_iterations)
+            if "save_path" not in given:
+                args.save_path = os.path.join(os.path.dirname(os.path.abspath(args.load_path)), "eval")
+            if ckpt.get("stage") == 1 and args.num_iterations:
+                print(f"{args.load_path} is a stage-1 checkpoint: evaluating the base module (--num_iterations 0)")
+                args.num_iterations = 0
+    if not args.evaluate_only and not args.dev_file:
+        raise UsageError("training needs --dev_file (model selection is on dev F1)")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    requested, args.amp = args.amp, resolve_amp(args.amp, "cuda" if use_cuda else "cpu")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"device {'cuda' if use_cuda else 'cpu'}, precision: "
+              f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}"
+              + (" (--amp auto)" if requested == "auto" else ""), flush=True)
+    return args, ckpt
 
 
 def resolve_amp(amp, device_type):
@@ -205,25 +259,20 @@ def validate_args(args):
 
 # ---------------------------------------------------------------- distributed set-up
 def init_distributed(args):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/PORT); NCCL on CUDA, gloo on CPU.
-
-    Rank 0 evaluates, checkpoints and writes the final predictions while the other ranks wait in a
-    collective, so the collective timeout must outlast the longest of these: DOCRE_DIST_TIMEOUT_MIN
-    minutes (default 120; torch's defaults, 10 min NCCL / 30 min gloo, are too short for a CPU evaluation).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """torchrun sets LOCAL_RANK/RANK/WORLD_SIZE (and MASTER_ADDR/PORT); NCCL on CUDA, gloo on CPU. Under torchrun
+    the process group is set up even for one process, so that `torchrun --nproc_per_node 1` runs the same code
+    path as N processes. Rank 0 evaluates and checkpoints while the others wait in a collective, so the timeout
+    must outlast that: DOCRE_DIST_TIMEOUT_MIN minutes (default 120; torch's 10/30 are too short on a CPU)."""
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    # Under torchrun (it sets LOCAL_RANK) the process group is set up even for one process, so that
-    # `torchrun --nproc_per_node 1` runs exactly the DDP code path (and NCCL) that N processes run.
-    if "LOCAL_RANK" in os.environ:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        minutes = float(os.environ.get("DOCRE_DIST_TIMEOUT_MIN") or 120)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
-        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-        return device, dist.get_rank(), world
-    return torch.device("cuda" if use_cuda else "cpu"), 0, 1
+    if "LOCAL_RANK" not in os.environ:
+        return torch.device("cuda" if use_cuda else "cpu"), 0, 1
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    minutes = float(os.environ.get("DOCRE_DIST_TIMEOUT_MIN") or 120)
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return device, dist.get_rank(), dist.get_world_size()
 
 
 def distributed():
@@ -236,6 +285,14 @@ def barrier():
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
+
+
+def all_max(values, device):
+    """Element-wise maximum over the ranks (the values themselves in one process)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 # ---------------------------------------------------------------- data
@@ -262,7 +319,8 @@ def load_split(args, name, tokenizer, rel2id, limit):
         shown = ", ".join(repr(t) for t in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         print(f"warning: {path}: {len(empty)} document(s) with fewer than 2 entities get no pairs and no "
               f"predictions: {shown}", file=sys.stderr)
-    return path, feats
+    docs = evaluation.load_docs(path)[:len(feats)] if args.dataset == "docred" else None
+    return feats, docs
 
 
 def _looks_like_json(path):
@@ -283,166 +341,20 @@ def train_loader(features, args, rank, world, epoch_key):
 
 
 # ---------------------------------------------------------------- model
-def load_model(args, num_class, tokenizer):
-    """The model of these flags (model.build_model) on the encoder they name."""
-    start = [tokenizer.cls_token_id]
-    end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
-    try:
-        encoder = load_encoder(args.model_name_or_path or default_model_path(), args.attention)
-    except OSError as e:
-        raise UsageError(f"cannot load encoder {args.model_name_or_path!r}: {e}") from e
-    return build_model(args, num_class, encoder, start, end)
-
-
-def linear_schedule(optimizer, total_steps, warmup_ratio):
-    """Linear warm-up over the first warmup_ratio of the steps, then linear decay to 0 (Section 3.2)."""
-    warmup = int(total_steps * warmup_ratio)
-
-    def factor(step):
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# ---------------------------------------------------------------- checkpoints
-def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def restore_rng(saved, rank, world, reseed):
-    """``saved``: last.pt's "rng", one state per rank (a list) from a DDP run, a dict from one process.
-    With the world size that saved it every rank continues its own stream; with another one the streams
-    cannot be matched to ranks, so every rank starts a new one from ``reseed + rank``."""
-    states = saved if isinstance(saved, list) else [saved]
-    if len(states) == world:
-        set_rng_state(states[rank])
-    else:
-        set_seed(reseed + rank)
-
-
-def save_checkpoint(path, obj):
-    """torch.save into memory, then an atomic rename: an interrupted write never leaves a torn file."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UsageError(f"{path} is not a DocRE-II checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
-        raise UsageError(f"{path} is not a DocRE-II checkpoint (no 'model'/'args' entries)")
-    return ckpt
-
-
-def adopt_checkpoint_args(args, ckpt, keys, path):
-    """Take the network flags from the checkpoint; a flag the user set to another value is an error."""
-    defaults = vars(parse_args([]))
-    for key in keys:
-        if key not in ckpt["args"]:
-            continue
-        mine, theirs = getattr(args, key), ckpt["args"][key]
-        if mine != defaults[key] and mine != theirs:
-            raise UsageError(f"{path}: trained with --{key} {theirs!r}, but this run asks for {mine!r}")
-        setattr(args, key, theirs)
-
-
 def load_weights(model, state, path, prefix=""):
     """Load (a prefix of) a state dict; a shape mismatch means another encoder or number of classes."""
+    target = getattr(model, prefix.rstrip(".")) if prefix else model
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        target = getattr(model, prefix.rstrip("."))
-    else:
-        target = model
     try:
         target.load_state_dict(state)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0:3]
-        raise UsageError(f"{path} does not fit this model (other encoder or number of classes?): "
-                         f"{' '.join(first)[:400]}") from e
+        first = " ".join(str(e).strip().splitlines()[0:3])
+        raise UsageError(f"{path} does not fit this model (other encoder or number of classes?): {first[:400]}") \
+            from e
 
 
-# ---------------------------------------------------------------- evaluation
-@torch.no_grad()
-def predict(model, features, args, device, num_iterations):
-    """Logits of every pass for every document, in document order. Batches are bucketed by length."""
-    model.eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    out = [None] * len(features)
-    for s in range(0, len(order), args.test_batch_size):
-        idx = order[s:s + args.test_batch_size]
-        batch = collate_fn([features[i] for i in idx])
-        with autocast(args, device):
-            passes = model.predict(move_to(batch, device), num_iterations)
-        packed = torch.full(batch["pair_mask"].shape, -1, dtype=torch.long)  # (b, s, o) -> packed pair index
-        packed[batch["pair_mask"]] = torch.arange(int(batch["pair_mask"].sum()))
-        passes = [p.float().cpu() for p in passes]
-        for j, i in enumerate(idx):
-            h, t = batch["hts"][j].unbind(1)
-            out[i] = [p[packed[j, h, t]] for p in passes]  # [pairs of hts, C] per pass
-    return out
-
-
-def score(args, features, logits, gold_docs, train_docs, id2rel):
-    preds = [get_label(lg, args.num_labels).numpy() for lg in logits]
-    if args.dataset == "docred":
-        sub = evaluation.to_official(preds, features, id2rel)
-        return evaluation.docred_scores(sub, gold_docs, train_docs), sub
-    return evaluation.bio_scores(preds, features), None
-
-
-def evaluate(model, features, args, device, gold_docs, train_docs, id2rel, num_iterations):
-    """Scores of the final pass, and of each pass k = 0..K ('by_k'), on a labelled split."""
-    logits = predict(model, features, args, device, num_iterations)
-    by_k, subs = {}, {}
-    for k in range(num_iterations + 1):
-        by_k[k], subs[k] = score(args, features, [lg[k] for lg in logits], gold_docs, train_docs, id2rel)
-    return by_k[num_iterations], by_k, subs[num_iterations], logits
-
-
-def readable_predictions(features, logits, args, id2rel, rel_names, docs):
-    """predictions.json: one entry per predicted triple with entity names, relation name and its margin
-    over the threshold class (logit_r - logit_TH > 0 for every prediction)."""
-    rows = []
-    for f, lg in zip(features, logits):
-        final = lg[-1]
-        pred = get_label(final, args.num_labels)
-        doc = docs.get(f["title"]) if docs else None
-        for i, r in zip(*np.nonzero(pred[:, 1:].numpy())):
-            h, t = f["hts"][i]
-            rid = id2rel[int(r) + 1]
-            row = {"title": f["title"], "h_idx": h, "t_idx": t, "r": rid, "relation": rel_names.get(rid, rid),
-                   "score": round(float(final[i, r + 1] - final[i, 0]), 4)}
-            if doc is not None:
-                row["head"], row["tail"] = doc["vertexSet"][h][0]["name"], doc["vertexSet"][t][0]["name"]
-            rows.append(row)
-    return rows
-
-
-def autocast(args, device):
-    if args.amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
-
-
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- the training loop
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived: last.pt was saved at a step boundary."""
 
@@ -451,252 +363,262 @@ class NonFiniteError(RuntimeError):
     """Too many non-finite steps in a row: the run stops with exit status 1."""
 
 
-class Trainer:
-    def __init__(self, args, model, device, rank, world, features, evaluator, save_path):
-        self.args, self.model, self.device, self.rank, self.world = args, model, device, rank, world
-        self.features, self.evaluator, self.save_path = features, evaluator, save_path
-        self.stop_signal = None
-        self.stopping = False  # a stop all ranks agreed on (see agree_stop)
-        self.skipped = 0  # non-finite steps skipped in the current epoch (kept in last.pt mid-epoch)
-        self.wandb = None
+@dataclass
+class Run:
+    """What the loop needs besides the model and the data: flags, where it runs, the dev set, the outputs."""
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world: int
+    dev: list
+    dev_docs: list
+    train_docs: list
+    id2rel: dict
+    wandb: object = None
+    signum: int = 0  # the signal that asked to stop (set by the handler; agreed on by all ranks)
 
     def on_signal(self, signum, _frame):
-        self.stop_signal = signum
+        self.signum = signum
 
-    def agree_stop(self):
-        """Whether to stop now, the same answer on every rank: a collective, so every rank calls it at the same
-        point. A signal can reach the ranks at different steps (or only one rank): the MAX over the ranks'
-        signal numbers decides. train_step agrees the same way, folded into its all-reduce of the bad flag."""
-        signum = float(self.stop_signal or 0)
-        if distributed():
-            t = torch.tensor([signum], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            signum = float(t.item())
-        self._set_stop(int(signum))
-        return self.stopping
+    def out(self, name):
+        return os.path.join(self.args.save_path, name)
 
-    def _set_stop(self, signum):
-        self.stopping = signum > 0
-        if self.stopping:
-            self.stop_signal = signum
 
-    def save_last(self, state):
-        if self.rank == 0:
-            save_checkpoint(os.path.join(self.save_path, "last.pt"), state)
+@dataclass
+class Position:
+    """Where a stage is, and what last.pt stores to continue it: epoch, batches done in it, best dev F1, steps."""
+    epoch: int = 0
+    batch: int = 0
+    best: float = -1.0
+    step: int = 0  # optimiser steps taken (metrics.jsonl "step")
+    lr_step: int = 0  # LR-schedule steps taken (a skipped non-finite step takes none)
+    skipped: int = 0  # non-finite steps skipped in the current epoch
+    sums: dict = field(default_factory=dict)  # loss sums of the current epoch
 
-    def run_stage(self, stage, epochs, resume=None):
-        """Train one stage; returns the best dev score of the stage. ``resume`` is a loaded last.pt."""
-        args, model = self.args, self.model
-        groups = model.param_groups(stage, args)
-        model.set_trainable(groups)
-        # Fused AdamW on a GPU: one kernel per parameter group (12-15 % faster steps on an H200, docs/PERFORMANCE.md).
-        optimizer = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                                      fused=self.device.type == "cuda" or None)
-        batches = math.ceil(math.ceil(len(self.features) / self.world) / args.train_batch_size)
-        steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
-        scheduler = linear_schedule(optimizer, max(1, steps_per_epoch * epochs), args.warmup_ratio)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
-        if distributed() and self.device.type == "cuda":
-            # The predictor's BatchNorm (stage 2) normalises over the pairs of all ranks, as one big batch would.
-            # SyncBatchNorm needs CUDA: with gloo on CPU each rank normalises its own pairs.
+
+def train_stage(run, model, stage, features, resume=None):
+    """Train one stage for its epochs: an optimiser step per group of micro-batches, dev evaluation and
+    checkpoints after every epoch. ``resume``: a loaded last.pt of this stage."""
+    args, device = run.args, run.device
+    epochs = args.stage1_epochs if stage == 1 else args.stage2_epochs
+    groups = model.param_groups(stage, args)
+    model.set_trainable(groups)
+    # Fused AdamW on a GPU: one kernel per parameter group (12-15 % faster steps on an H200, docs/PERFORMANCE.md).
+    optimizer = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                  fused=device.type == "cuda" or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    batches = math.ceil(math.ceil(len(features) / run.world) / args.train_batch_size)
+    steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    total = max(1, steps_per_epoch * epochs)
+    pos = Position()
+    if resume is not None:
+        pos = restore_position(run, resume, optimizer, scaler, stage, steps_per_epoch)
+    # The LR schedule is a function of the steps taken: built at that step, nothing of it needs saving.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total * args.warmup_ratio), total,
+                                                last_epoch=pos.lr_step - 1)
+    net = model
+    if distributed():
+        if device.type == "cuda":  # the predictor's BatchNorm normalises over the pairs of all ranks
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # A new DDP per stage: it registers exactly the parameters set_trainable left trainable, and its
-        # constructor broadcasts rank 0's parameters and buffers (e.g. best_stage1.pt, loaded on rank 0 only).
-        net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if distributed() else model
-        start_epoch, skip, best = 0, 0, -1.0
-        loss_sum = {}
-        global_step = 0
-        if resume is not None:
-            saved_world = resume.get("world_size", 1)
-            if saved_world != self.world and resume["step_in_epoch"]:
-                raise UsageError(f"last.pt was saved mid-epoch by a run with world size {saved_world}: resume it "
-                                 f"with {saved_world} processes (this run has {self.world})")
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            scaler.load_state_dict(resume["scaler"])
-            start_epoch, skip, best = resume["epoch"], resume["step_in_epoch"], resume["best"]
-            self.skipped = resume.get("skipped_steps", 0) if skip else 0
-            loss_sum = {k: torch.tensor(v, device=self.device) for k, v in resume["loss_sum"].items()}
-            global_step = resume["global_step"]
-            restore_rng(resume["rng"], self.rank, self.world, args.seed + 1000 * stage + start_epoch)
-            if saved_world != self.world:
-                # At an epoch boundary with another world size: the per-rank batches and steps per epoch change
-                # (the global batch is train_batch_size x world x accumulation); map the LR schedule onto them.
-                scheduler.last_epoch = global_step = start_epoch * steps_per_epoch
-                for g, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                    g["lr"] = base_lr * factor(global_step)
-                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-                if self.rank == 0:
-                    print(f"resuming a world-size-{saved_world} run with {self.world} processes: global batch "
-                          f"{args.train_batch_size * self.world * args.gradient_accumulation_steps}, "
-                          f"{steps_per_epoch} steps per epoch, new RNG streams", file=sys.stderr)
-        for epoch in range(start_epoch, epochs):
-            loader = train_loader(self.features, args, self.rank, self.world, 1000 * stage + epoch)
-            model.train()
-            bad_in_row = 0
-            if skip == 0:  # a new epoch (not a mid-epoch resume): fresh loss sums and skipped-step count
-                self.skipped = 0
-                loss_sum = {}
-            it = iter(loader)
-            batches_done = 0
-            for _ in range(skip):  # mid-epoch resume: the same permutation, minus the batches already used
-                next(it)
-                batches_done += 1
-            bar = tqdm(total=batches, initial=batches_done, desc=f"stage {stage} epoch {epoch}",
-                       disable=self.rank != 0, leave=False)
-            t0 = time.time()
-            while batches_done < batches:
-                group = []
-                for _ in range(min(args.gradient_accumulation_steps, batches - batches_done)):
-                    group.append(next(it))
-                    batches_done += 1
-                step_losses, bad = self.train_step(net, group, stage, optimizer, scaler)
-                if TEST_SLEEP_PER_STEP:
-                    time.sleep(TEST_SLEEP_PER_STEP)
-                if bad:
-                    bad_in_row += 1
-                    self.skipped += 1
-                    if bad_in_row >= args.max_bad_steps:
-                        bar.close()
-                        raise NonFiniteError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a row; "
-                                           f"stopping (last.pt holds the state before them)")
-                else:
-                    bad_in_row = 0
-                    scheduler.step()
-                    for k, v in step_losses.items():
-                        loss_sum[k] = loss_sum.get(k, 0.0) + v
-                    loss_sum["steps"] = loss_sum.get("steps", 0.0) + 1
-                global_step += 1
-                bar.update(len(group))
-                if global_step % args.log_every == 0 and self.rank == 0:
-                    running = {k: float(v) / float(loss_sum.get("steps", 1)) for k, v in loss_sum.items() if k != "steps"}
-                    bar.set_postfix(loss=f"{running.get('loss', float('nan')):.4f}")
-                    if self.wandb:
-                        self.wandb.log({f"train/{k}": v for k, v in running.items()}, step=global_step)
-                if self.stopping and batches_done < batches:  # agreed in train_step
-                    self.save_last(self.state(model, optimizer, scheduler, scaler, stage, epoch, batches_done, best,
-                                              loss_sum, global_step))
-                    bar.close()  # so that the stop message gets a line of its own
-                    raise StopRequested()
-            bar.close()
-            train_time = time.time() - t0
-            steps = float(loss_sum.get("steps", 0.0)) or 1.0
-            line = {"stage": stage, "epoch": epoch, "step": global_step,
-                    "lr": [g["lr"] for g in optimizer.param_groups], "skipped_steps": self.skipped}
-            line.update({f"train_{k}": round(float(v) / steps, 6) for k, v in loss_sum.items() if k != "steps"})
-            if self.rank == 0:
-                best = self.evaluator.after_epoch(model, stage, line, best, train_time)
-            barrier()
-            if distributed():
-                best_t = torch.tensor([best], dtype=torch.float64, device=self.device)
-                dist.broadcast(best_t, 0)
-                best = float(best_t.item())
-            skip = 0
-            self.save_last(self.state(model, optimizer, scheduler, scaler, stage, epoch + 1, 0, best, {}, global_step))
-            if self.agree_stop() and epoch + 1 < epochs:
+        # constructor broadcasts rank 0's parameters (e.g. best_stage1.pt, loaded on rank 0 only).
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    for epoch in range(pos.epoch, epochs):
+        pos.epoch = epoch
+        if pos.batch == 0:  # a new epoch, not a mid-epoch resume
+            pos.skipped, pos.sums = 0, {}
+        loader = iter(train_loader(features, args, run.rank, run.world, 1000 * stage + epoch))
+        for _ in range(pos.batch):  # mid-epoch resume: the same permutation, minus the batches already used
+            next(loader)
+        model.train()
+        bar = tqdm(total=batches, initial=pos.batch, desc=f"stage {stage} epoch {epoch}", disable=run.rank != 0,
+                   leave=False)
+        t0, bad_in_row = time.time(), 0
+        while pos.batch < batches:
+            group = [next(loader) for _ in range(min(args.gradient_accumulation_steps, batches - pos.batch))]
+            pos.batch += len(group)
+            losses, bad = train_step(run, net, group, stage, optimizer, scaler)
+            pos.step += 1
+            bar.update(len(group))
+            if bad:
+                pos.skipped, bad_in_row = pos.skipped + 1, bad_in_row + 1
+                if bad_in_row >= args.max_bad_steps:
+                    bar.close()
+                    raise NonFiniteError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a row; "
+                                         f"stopping (last.pt holds the state before them)")
+            else:
+                bad_in_row, pos.lr_step = 0, pos.lr_step + 1
+                scheduler.step()
+                for k, v in losses.items():  # float32 tensors on the device: no host sync per step
+                    pos.sums[k] = pos.sums.get(k, 0.0) + v
+                pos.sums["steps"] = pos.sums.get("steps", 0.0) + 1
+            if pos.step % args.log_every == 0 and run.rank == 0:
+                log_progress(run, bar, pos)
+            if run.signum and pos.batch < batches:  # agreed in train_step
+                save_last(run, model, optimizer, scaler, stage, pos)
+                bar.close()  # so that the stop message gets a line of its own
                 raise StopRequested()
-        return best
+        bar.close()
+        end_of_epoch(run, model, stage, pos, optimizer, time.time() - t0)
+        pos.epoch, pos.batch = epoch + 1, 0
+        save_last(run, model, optimizer, scaler, stage, pos)
+        if agree_stop(run) and epoch + 1 < epochs:
+            raise StopRequested()
 
-    def train_step(self, net, group, stage, optimizer, scaler):
-        """One optimiser step over a group of micro-batches (gradient accumulation and DDP).
 
-        Each micro-batch's mean loss is weighted by its share of the scored pairs of the whole global
-        batch, so that N processes x A micro-batches of b documents give the gradient of one batch of
-        N*A*b documents. The all-reduce runs only on the last micro-batch (no_sync on the others).
-        """
-        args, device = self.args, self.device
-        counts = torch.tensor([float(b["label_mask"].sum()) for b in group], device=device)
-        total = counts.sum()
-        if distributed():
-            dist.all_reduce(total)
-        sums = {}
-        for i, batch in enumerate(group):
-            batch = move_to(batch, device)
-            weight = counts[i] * self.world / total.clamp(min=1)
-            sync = i == len(group) - 1 or not distributed()
-            ctx = contextlib.nullcontext() if sync else net.no_sync()
-            with ctx:
-                with autocast(args, device):
-                    out = net(batch, stage)
-                scaler.scale(out["loss"] * weight).backward()
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v.detach() * weight / self.world
-        scaler.unscale_(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        bad = (~torch.isfinite(norm) | ~torch.isfinite(sums["loss"])).float()
-        # One MAX all-reduce makes the ranks agree on (skip this step, stop after it: the signal number).
-        flags = torch.stack([bad, torch.tensor(float(self.stop_signal or 0), device=bad.device)])
-        if distributed():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        is_bad, signum = flags.tolist()  # the one host sync per optimiser step: needed to skip a bad step
-        is_bad = bool(is_bad)
-        self._set_stop(int(signum))
-        if is_bad:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.update()
-            return sums, True
-        scaler.step(optimizer)
-        scaler.update()
+def train_step(run, net, group, stage, optimizer, scaler):
+    """One optimiser step over a group of micro-batches (gradient accumulation and DDP).
+
+    Each micro-batch's mean loss is weighted by its share of the scored pairs of the whole global batch, so
+    that N processes x A micro-batches of b documents give the gradient of one batch of N*A*b documents. The
+    all-reduce runs only on the last micro-batch (no_sync on the others). Returns (mean losses, skipped?).
+    """
+    args, device, world = run.args, run.device, run.world
+    counts = torch.tensor([float(len(b["scored"])) for b in group], device=device)
+    total = counts.sum()
+    if distributed():
+        dist.all_reduce(total)
+    sums = {}
+    for i, batch in enumerate(group):
+        weight = counts[i] * world / total.clamp(min=1)
+        sync = i == len(group) - 1 or not distributed()
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with autocast(args.amp, device):
+                out = net(move_to(batch, device), stage)
+            scaler.scale(out["loss"] * weight).backward()
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v.detach() * weight / world
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                          args.max_grad_norm)
+    bad = float(not (torch.isfinite(norm) and torch.isfinite(sums["loss"])))
+    # One MAX over the ranks: skip this step (any rank non-finite), stop after it (the largest signal number).
+    # This is the step's one host-device synchronisation.
+    bad, signum = all_max([bad, float(run.signum)], device)
+    run.signum = int(signum)
+    if bad:
         optimizer.zero_grad(set_to_none=True)
-        if distributed():
-            for k in sums:
-                dist.all_reduce(sums[k])
-        return sums, False
-
-    def state(self, model, optimizer, scheduler, scaler, stage, epoch, step_in_epoch, best, loss_sum, global_step):
-        rng = rng_state()
-        if distributed():
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
-                "stage": stage, "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best,
-                "skipped_steps": self.skipped,
-                "loss_sum": {k: float(v) for k, v in loss_sum.items()}, "global_step": global_step,
-                "args": vars(self.args), "world_size": self.world}
+        scaler.update()
+        return {}, True
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if distributed():
+        for k in sums:
+            dist.all_reduce(sums[k])
+    return sums, False
 
 
-class Evaluator:
-    """Rank 0's per-epoch work: dev scores, metrics.jsonl, best checkpoints, the one-line summary."""
+def log_progress(run, bar, pos):
+    steps = float(pos.sums.get("steps", 1.0))
+    running = {k: float(v) / steps for k, v in pos.sums.items() if k != "steps"}
+    bar.set_postfix(loss=f"{running.get('loss', float('nan')):.4f}")
+    if run.wandb:
+        run.wandb.log({f"train/{k}": v for k, v in running.items()}, step=pos.step)
 
-    def __init__(self, args, device, dev_features, gold_docs, train_docs, id2rel, save_path, wandb_run):
-        self.args, self.device, self.dev, self.gold, self.train = args, device, dev_features, gold_docs, train_docs
-        self.id2rel, self.save_path, self.wandb = id2rel, save_path, wandb_run
 
-    def after_epoch(self, model, stage, line, best, train_time):
-        args = self.args
-        k = 0 if stage == 1 else args.num_iterations
+def agree_stop(run):
+    """Whether to stop now, the same answer on every rank (a collective: every rank calls it at the same point)."""
+    run.signum = int(all_max([float(run.signum)], run.device)[0])
+    return run.signum > 0
+
+
+def end_of_epoch(run, model, stage, pos, optimizer, train_time):
+    """Rank 0: dev scores (K passes in stage 2), the metrics line, best.pt; then every rank learns the best."""
+    args = run.args
+    line = {"stage": stage, "epoch": pos.epoch, "step": pos.step, "lr": [g["lr"] for g in optimizer.param_groups],
+            "skipped_steps": pos.skipped}
+    steps = float(pos.sums.get("steps", 0.0)) or 1.0
+    line.update({f"train_{k}": round(float(v) / steps, 6) for k, v in pos.sums.items() if k != "steps"})
+    if run.rank == 0:
         t0 = time.time()
-        scores, by_k, _, _ = evaluate(model, self.dev, args, self.device, self.gold, self.train, self.id2rel, k)
+        k = 0 if stage == 1 else args.num_iterations
+        by_k, _ = predict.evaluate(model, run.dev, args, run.device, run.dev_docs, run.train_docs, run.id2rel, k)
+        scores = by_k[k]
         line["dev"] = {m: round(v, 4) for m, v in scores.items()}
         if stage == 2:
             line["dev_by_k"] = {str(i): round(s["f1"], 4) for i, s in by_k.items()}
             line["dev_base"] = {m: round(v, 4) for m, v in by_k[0].items()}
-        line["best"] = scores["f1"] > best
-        with open(os.path.join(self.save_path, "metrics.jsonl"), "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        line["best"] = scores["f1"] > pos.best
+        append_line(run.out("metrics.jsonl"), line)
         if line["best"]:
-            best = scores["f1"]
-            ckpt = {"model": model.state_dict(), "args": vars(args), "stage": stage, "epoch": line["epoch"],
+            pos.best = scores["f1"]
+            best = {"model": model.state_dict(), "args": vars(args), "stage": stage, "epoch": pos.epoch,
                     "dev": line["dev"]}
-            save_checkpoint(os.path.join(self.save_path, "best.pt"), ckpt)
+            save_checkpoint(run.out("best.pt"), best)
             if stage == 1:
-                save_checkpoint(os.path.join(self.save_path, "best_stage1.pt"), ckpt)
-        timing = {"stage": stage, "epoch": line["epoch"], "train_s": round(train_time, 2),
-                  "eval_s": round(time.time() - t0, 2)}
-        with open(os.path.join(self.save_path, "timing.jsonl"), "a") as fh:
-            fh.write(json.dumps(timing) + "\n")
+                save_checkpoint(run.out("best_stage1.pt"), best)
+        eval_time = time.time() - t0
+        append_line(run.out("timing.jsonl"), {"stage": stage, "epoch": pos.epoch, "train_s": round(train_time, 2),
+                                              "eval_s": round(eval_time, 2)})
         extra = "" if stage == 1 else f" base_f1 {by_k[0]['f1']:.2f}"
         ign = f" ign_f1 {scores['ign_f1']:.2f}" if "ign_f1" in scores else ""
-        print(f"stage {stage} epoch {line['epoch']}: loss {line.get('train_loss', float('nan')):.4f} "
-              f"dev f1 {scores['f1']:.2f}{ign}{extra} best {max(best, scores['f1']):.2f} "
-              f"({train_time:.0f}s train, {timing['eval_s']:.0f}s eval)", flush=True)
-        if self.wandb:
-            self.wandb.log({"epoch": line["epoch"], "stage": stage, **{f"dev/{m}": v for m, v in scores.items()}})
-        return best
+        print(f"stage {stage} epoch {pos.epoch}: loss {line.get('train_loss', float('nan')):.4f} dev f1 "
+              f"{scores['f1']:.2f}{ign}{extra} best {pos.best:.2f} ({train_time:.0f}s train, {eval_time:.0f}s eval)",
+              flush=True)
+        if run.wandb:
+            run.wandb.log({"epoch": pos.epoch, "stage": stage, **{f"dev/{m}": v for m, v in scores.items()}})
+    barrier()
+    if distributed():
+        best = torch.tensor([pos.best], dtype=torch.float64, device=run.device)
+        dist.broadcast(best, 0)
+        pos.best = float(best.item())
+
+
+def append_line(path, obj):
+    with open(path, "a") as fh:
+        fh.write(json.dumps(obj) + "\n")
+
+
+# ---------------------------------------------------------------- checkpoints for --resume
+def save_last(run, model, optimizer, scaler, stage, pos):
+    """last.pt: everything --resume needs (every rank's RNG state; rank 0 writes it)."""
+    rng = rng_state()
+    if distributed():
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    if run.rank == 0:
+        save_checkpoint(run.out("last.pt"), {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rng, "stage": stage, "epoch": pos.epoch, "step_in_epoch": pos.batch, "best": pos.best,
+            "skipped_steps": pos.skipped, "loss_sum": {k: float(v) for k, v in pos.sums.items()},
+            "global_step": pos.step, "lr_step": pos.lr_step,
+            "args": vars(run.args), "world_size": run.world})
+
+
+def restore_position(run, ckpt, optimizer, scaler, stage, steps_per_epoch):
+    """Optimiser, scaler and RNG states and the position of a stage from last.pt."""
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != run.world and ckpt["step_in_epoch"]:
+        raise UsageError(f"last.pt was saved mid-epoch by a run with world size {saved_world}: resume it with "
+                         f"{saved_world} processes (this run has {run.world})")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    pos = Position(epoch=ckpt["epoch"], batch=ckpt["step_in_epoch"], best=ckpt["best"], step=ckpt["global_step"],
+                   lr_step=ckpt["lr_step"], skipped=ckpt["skipped_steps"] if ckpt["step_in_epoch"] else 0,
+                   sums={k: torch.tensor(v, device=run.device) for k, v in ckpt["loss_sum"].items()})
+    restore_rng(ckpt["rng"], run.rank, run.world, run.args.seed + 1000 * stage + pos.epoch)
+    if saved_world != run.world:
+        # At an epoch boundary with another world size: the per-rank batches and steps per epoch change (the
+        # global batch is train_batch_size x world x accumulation); the LR schedule continues from the new step.
+        pos.step = pos.lr_step = pos.epoch * steps_per_epoch
+        if run.rank == 0:
+            print(f"resuming a world-size-{saved_world} run with {run.world} processes: global batch "
+                  f"{run.args.train_batch_size * run.world * run.args.gradient_accumulation_steps}, "
+                  f"{steps_per_epoch} steps per epoch, new RNG streams", file=sys.stderr)
+    return pos
+
+
+def restore_rng(saved, rank, world, reseed):
+    """``saved``: last.pt's "rng", one state per rank (a list) from a DDP run, a dict from one process. With the
+    world size that saved it every rank continues its own stream; with another one the streams cannot be
+    matched to ranks, so every rank starts a new one from ``reseed + rank``."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == world:
+        set_rng_state(states[rank])
+    else:
+        set_seed(reseed + rank)
 
 
 def check_save_path(args, files):
@@ -706,68 +628,37 @@ def check_save_path(args, files):
                          f"--resume {args.save_path} to continue, or another --save_path")
 
 
-def write_predictions(args, model, device, features, docs, name_prefix, id2rel, train_docs):
-    """Predict a split (``docs``: its DocRED-format documents, aligned with ``features``); score it when it
-    has labels. Writes <prefix>result.json, and predictions.json for the test split.
-
-    Returns (scores of the final pass, scores after each pass k = 0..K): both empty without labels. The
-    per-pass scores come from the same forward passes (K iterations compute passes 0..K-1 on the way),
-    so one run at K = 4 gives Table 2's whole column for its N_I."""
-    logits = predict(model, features, args, device, args.num_iterations)
+# ---------------------------------------------------------------- final predictions
+def write_predictions(run, model, features, docs, split):
+    """Predict a split; score it when it has labels. Writes result.json (test) or dev_result.json plus
+    dev_result_k<k>.json for the passes before the last (dev), and predictions.json (test).
+    Returns the scores after each pass k = 0..K (empty without labels): one run at K = 4 gives a whole Table 2
+    column, since the K passes compute passes 0..K-1 on the way."""
+    args = run.args
+    by_k, scores = predict.evaluate(model, features, args, run.device, docs, run.train_docs, run.id2rel,
+                                    args.num_iterations)
     if args.dataset == "docred":
-        preds = [get_label(lg[-1], args.num_labels).numpy() for lg in logits]
-        sub = evaluation.to_official(preds, features, id2rel)
-        atomic_write_json(os.path.join(args.save_path, f"{name_prefix}result.json"), sub)
-        for k in range(args.num_iterations if name_prefix == "dev_" else 0):  # the passes before the last: for
-            # paired comparisons of passes (scripts/bootstrap.py) and the per-pass changes (scripts/pass_changes.py)
-            preds_k = [get_label(lg[k], args.num_labels).numpy() for lg in logits]
-            atomic_write_json(os.path.join(args.save_path, f"dev_result_k{k}.json"),
-                              evaluation.to_official(preds_k, features, id2rel))
-        labelled = any(d.get("labels") for d in docs)
-        if name_prefix == "":
+        prefix = "dev_" if split == "dev" else ""
+        atomic_write_json(run.out(f"{prefix}result.json"), predict.official(scores, features, args.num_labels,
+                                                                             run.id2rel))
+        for k in range(args.num_iterations if split == "dev" else 0):
+            atomic_write_json(run.out(f"dev_result_k{k}.json"),
+                              predict.official(scores, features, args.num_labels, run.id2rel, k))
+        if split == "test":
             with open(os.path.join(os.path.dirname(prepro.DEFAULT_REL2ID), "rel_info.json")) as fh:
                 rel_names = json.load(fh)
-            rows = readable_predictions(features, logits, args, id2rel, rel_names, {d["title"]: d for d in docs})
-            atomic_write_json(os.path.join(args.save_path, "predictions.json"), rows, indent=1)
-    else:
-        labelled = any(any(lab) for f in features for lab in f["labels"])
-    by_k = {str(k): score(args, features, [lg[k] for lg in logits], docs, train_docs, id2rel)[0]
-            for k in range(args.num_iterations + 1)} if labelled else {}
-    return by_k.get(str(args.num_iterations), {}), by_k
+            rows = predict.readable(scores, features, args.num_labels, run.id2rel, rel_names,
+                                    {d["title"]: d for d in docs})
+            atomic_write_json(run.out("predictions.json"), rows, indent=1)
+    return {str(k): s for k, s in by_k.items()}
 
 
+# ---------------------------------------------------------------- main
 def main(argv=None):
-    args = parse_args(argv)
-    validate_args(args)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
-        saved = dict(ckpt["args"])
-        for k in ("resume", "num_workers", "threads", "device", "log_every", "wandb"):
-            saved[k] = getattr(args, k)
-        saved["save_path"] = args.resume
-        args = argparse.Namespace(**saved)
-    elif args.load_path:
-        ckpt = load_checkpoint(args.load_path)
-        keys = BASE_KEYS + (INFERENCE_KEYS if args.evaluate_only else ())
-        adopt_checkpoint_args(args, ckpt, keys, args.load_path)
-        if args.evaluate_only and args.num_iterations == parse_args([]).num_iterations:
-            # K of the run that wrote the checkpoint (its stored dev scores), unless asked for another K
-            args.num_iterations = ckpt["args"].get("num_iterations", args.num_iterations)
-        if args.evaluate_only and args.save_path == parse_args([]).save_path:
-            args.save_path = os.path.join(os.path.dirname(os.path.abspath(args.load_path)), "eval")
-        if args.evaluate_only and ckpt.get("stage") == 1 and args.num_iterations:
-            print(f"{args.load_path} is a stage-1 checkpoint: evaluating the base module (--num_iterations 0)")
-            args.num_iterations = 0
-    if not args.evaluate_only and not args.dev_file:
-        raise UsageError("training needs --dev_file (model selection is on dev F1)")
+    args, ckpt = resolve_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, rank, world = init_distributed(args)
-    requested, args.amp = args.amp, resolve_amp(args.amp, device.type)
-    if rank == 0:
-        print(f"device {device}, precision: {'fp32' if args.amp == 'none' else args.amp + ' autocast'}"
-              + (" (--amp auto)" if requested == "auto" else ""), flush=True)
     set_seed(args.seed + rank)
     if rank == 0:
         if args.evaluate_only:
@@ -784,96 +675,98 @@ def main(argv=None):
     if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
         raise UsageError(f"--model_name_or_path {name}: no such model folder")
     tokenizer = prepro.load_tokenizer(args.model_name_or_path or default_model_path(), args.transformer_type)
-    rel2id = prepro.load_rel2id(args.rel2id) if args.dataset == "docred" else {"Na": 0, "1": 1}
+    rel2id = prepro.load_rel2id(args.rel2id) if args.dataset == "docred" else \
+        {"Na": 0, **{name: i for name, i in prepro.BIO_LABELS[args.dataset].items() if i is not None}}
     id2rel = {v: k for k, v in rel2id.items()}
-    args.num_class = len(rel2id)
 
-    model = load_model(args, args.num_class, tokenizer)
+    model = load_model(args, len(rel2id), tokenizer)
     if ckpt is not None:
-        train_from_stage1 = args.load_path and not args.evaluate_only and not args.resume
-        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if train_from_stage1 else "")
+        from_stage1 = args.load_path and not args.evaluate_only and not args.resume
+        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if from_stage1 else "")
     model.to(device)
 
-    dev_path, dev = (load_split(args, args.dev_file, tokenizer, rel2id, args.max_eval_docs)
-                     if args.dev_file else (None, []))
-    # The test file is read (and checked) now, not after hours of training.
-    test_path, test = (load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs)
-                       if args.test_file else (None, []))
-    gold = evaluation.load_docs(dev_path)[:len(dev)] if (dev_path and args.dataset == "docred") else None
-    test_docs = evaluation.load_docs(test_path)[:len(test)] if (test_path and args.dataset == "docred") else None
+    # Dev and test are read (and checked) now, not after hours of training.
+    dev, dev_docs = load_split(args, args.dev_file, tokenizer, rel2id, args.max_eval_docs) if args.dev_file \
+        else ([], None)
+    test, test_docs = load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs) if args.test_file \
+        else ([], None)
     train_path = data_path(args, args.train_file) if args.train_file else None
     train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
-                                                     and os.path.isfile(train_path)) else None
+                                                      and os.path.isfile(train_path)) else None
+    run = Run(args, device, rank, world, dev, dev_docs, train_docs, id2rel)
 
     if not args.evaluate_only:
-        _, train = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
-        train = [f for f in train if f["hts"]]  # documents without pairs add nothing to the loss
+        features, _ = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
+        features = [f for f in features if f["hts"]]  # documents without pairs add nothing to the loss
         if train_docs is not None and args.max_train_docs:
-            train_docs = train_docs[:args.max_train_docs]
+            run.train_docs = train_docs[:args.max_train_docs]
         if rank == 0:
             atomic_write_json(os.path.join(args.save_path, "args.json"), vars(args), indent=1)
-        wandb_run = None
-        if args.wandb and rank == 0:
-            import wandb
-            wandb_run = wandb.init(project=args.wandb_project, config=vars(args))
-        evaluator = Evaluator(args, device, dev, gold, train_docs, id2rel, args.save_path, wandb_run)
-        trainer = Trainer(args, model, device, rank, world, train, evaluator, args.save_path)
-        trainer.wandb = wandb_run
-        previous_handlers = {sig: signal.signal(sig, trainer.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        stages = ([] if args.skip_stage1 or (args.load_path and not args.resume) else [1]) + [2]
-        if ckpt is not None and args.resume:
-            stages = [s for s in stages if s >= ckpt["stage"]]
-        stages = [s for s in stages if (args.stage1_epochs if s == 1 else args.stage2_epochs) > 0]
-        try:
-            if not stages:
-                raise UsageError("nothing to train: --stage1_epochs and --stage2_epochs are both 0")
-            for stage in stages:
-                epochs = args.stage1_epochs if stage == 1 else args.stage2_epochs
-                resume = ckpt if (args.resume and ckpt["stage"] == stage) else None
-                if resume is None or resume["epoch"] < epochs:
-                    trainer.run_stage(stage, epochs, resume)
-                else:  # stopped after the stage's last epoch: continue with the RNG state of that moment
-                    restore_rng(resume["rng"], rank, world, args.seed + 1000 * stage + epochs)
-                barrier()
-                if trainer.agree_stop():  # a collective: all ranks stop here, or none
-                    raise StopRequested()
-                if stage == 1 and args.stage2_epochs > 0 and rank == 0:
-                    # Stage 2 starts from the best stage-1 weights, as the authors do. Rank 0 alone reads them
-                    # (other nodes need not see save_path): stage 2's DDP broadcasts them to the other ranks.
-                    model.load_state_dict(load_checkpoint(os.path.join(args.save_path, "best_stage1.pt"))["model"])
-                    model.to(device)
-        except StopRequested:
-            name = signal.Signals(trainer.stop_signal).name
-            if rank == 0:
-                print(f"{name}: stopped; state saved to {os.path.join(args.save_path, 'last.pt')} "
-                      f"(continue with: python train.py --resume {args.save_path})", file=sys.stderr)
-            return 128 + trainer.stop_signal
-        finally:  # in-process callers (tests) get their own handlers back
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-        if rank == 0:  # only rank 0 predicts
+            if args.wandb:
+                import wandb
+                run.wandb = wandb.init(project=args.wandb_project, config=vars(args))
+        code = train_all(run, model, features, ckpt)
+        if code:
+            return code
+        if rank == 0:  # only rank 0 predicts, with the best checkpoint
             best = load_checkpoint(os.path.join(args.save_path, "best.pt"))
             model.load_state_dict(best["model"])
             if best["stage"] == 1:
                 args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
     if rank == 0:
-        outputs, passes = {}, {}
-        if dev:
-            outputs["dev"], passes["dev"] = write_predictions(args, model, device, dev, gold, "dev_", id2rel,
-                                                              train_docs)
-        if args.test_file:
-            outputs["test"], passes["test"] = write_predictions(args, model, device, test, test_docs, "", id2rel,
-                                                                train_docs)
+        scores, by_k = {}, {}
+        for split, feats, docs in (("dev", dev, dev_docs), ("test", test, test_docs)):
+            if feats:
+                by_k[split] = write_predictions(run, model, feats, docs, split)
+                scores[split] = by_k[split].get(str(args.num_iterations), {})
         # eval_scores.json: {"dev": final-pass scores, "dev_by_k": {"0": scores after pass 0 (the base
         # module), ..., "K": the final pass}, and the same for "test" when it has labels}
-        extra = {f"{split}_by_k": by_k for split, by_k in passes.items() if by_k}
-        atomic_write_json(os.path.join(args.save_path, "eval_scores.json"), {**outputs, **extra}, indent=1)
+        atomic_write_json(os.path.join(args.save_path, "eval_scores.json"),
+                          {**scores, **{f"{s}_by_k": b for s, b in by_k.items() if b}}, indent=1)
         print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
                                   ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
-                          for split, s in outputs.items()}))
+                          for split, s in scores.items()}))
     barrier()
     if distributed():
         dist.destroy_process_group()
+    return 0
+
+
+def train_all(run, model, features, ckpt):
+    """Stage 1 then stage 2 (from the best stage-1 weights), or what --resume / --load_path leaves of them.
+    Returns 0, or 128 + the signal number when a signal stopped the run (last.pt saved)."""
+    args = run.args
+    stages = ([] if args.skip_stage1 or (args.load_path and not args.resume) else [1]) + [2]
+    if args.resume:
+        stages = [s for s in stages if s >= ckpt["stage"]]
+    stages = [s for s in stages if (args.stage1_epochs if s == 1 else args.stage2_epochs) > 0]
+    if not stages:
+        raise UsageError("nothing to train: --stage1_epochs and --stage2_epochs are both 0")
+    handlers = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for stage in stages:
+            epochs = args.stage1_epochs if stage == 1 else args.stage2_epochs
+            resume = ckpt if (args.resume and ckpt["stage"] == stage) else None
+            if resume is None or resume["epoch"] < epochs:
+                train_stage(run, model, stage, features, resume)
+            else:  # stopped after the stage's last epoch: continue with the RNG state of that moment
+                restore_rng(resume["rng"], run.rank, run.world, args.seed + 1000 * stage + epochs)
+            barrier()
+            if agree_stop(run):  # a collective: all ranks stop here, or none
+                raise StopRequested()
+            if stage == 1 and args.stage2_epochs > 0 and run.rank == 0:
+                # Stage 2 starts from the best stage-1 weights, as the authors do. Rank 0 alone reads them (other
+                # nodes need not see save_path): stage 2's DDP broadcasts them to the other ranks.
+                model.load_state_dict(load_checkpoint(run.out("best_stage1.pt"))["model"])
+                model.to(run.device)
+    except StopRequested:
+        if run.rank == 0:
+            print(f"{signal.Signals(run.signum).name}: stopped; state saved to {run.out('last.pt')} "
+                  f"(continue with: python train.py --resume {args.save_path})", file=sys.stderr)
+        return 128 + run.signum
+    finally:  # in-process callers (tests) get their own handlers back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 

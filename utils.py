@@ -1,4 +1,7 @@
-"""Small shared helpers: errors, seeding, atomic writes, default encoder path."""
+"""Small shared helpers: errors, seeding and RNG states, atomic writes and checkpoints, autocast, the default
+encoder path, and the batch layout (Pairs, collate_fn)."""
+import contextlib
+import io
 import json
 import os
 import random
@@ -35,6 +38,28 @@ def set_seed(seed):
         torch.cuda.manual_seed_all(seed)
 
 
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def autocast(amp, device):
+    """torch.autocast for --amp bf16/fp16 (resolved, not "auto"); a no-op for none."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 def atomic_write_bytes(path, data):
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -61,6 +86,26 @@ def _umask():
 
 def atomic_write_json(path, obj, indent=None):
     atomic_write_bytes(path, json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8"))
+
+
+def save_checkpoint(path, obj):
+    """torch.save into memory, then an atomic rename: an interrupted write never leaves a torn file."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path):
+    """A checkpoint written by train.py (a dict with "model" and "args"), on the CPU."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(f"{path} is not a DocRE-II checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+        raise UsageError(f"{path} is not a DocRE-II checkpoint (no 'model'/'args' entries)")
+    return ckpt
 
 
 class Pairs(NamedTuple):

@@ -27,7 +27,8 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 import torch  # noqa: E402
 
 import prepro  # noqa: E402
-import train  # noqa: E402
+import train  # noqa: E402  (the flags)
+from model import load_model  # noqa: E402
 
 PHASES = ("stage1", "stage2", "eval_k0", "eval_k3")
 
@@ -36,7 +37,7 @@ def build(device):
     tokenizer = common.load_tokenizer()
     rel2id = prepro.load_rel2id()
     args = train.parse_args(["--inference_dim", "512", "--num_inference_layers", "2", "--num_iterations", "3"])
-    model = train.load_model(args, len(rel2id), tokenizer).to(device)
+    model = load_model(args, len(rel2id), tokenizer).to(device)
     return model, args, tokenizer
 
 

@@ -149,5 +149,5 @@ def make_feature(title, length, entity_pos, num_class, rels=None, seed=0, cls=1,
     hts = [[s, o] for s, o in itertools.permutations(range(n), 2)]
     rels = rels or {}
     return {"title": title, "input_ids": ids, "entity_pos": entity_pos,
-            "mention_sent": [[0] * len(m) for m in entity_pos], "hts": hts,
+            "hts": hts,
             "labels": [rels.get((s, o), []) for s, o in hts], "num_entities": n, "num_class": num_class}

@@ -3,6 +3,7 @@ Eq. (1) localized context, Eq. (2)-(3) pair features, and the long-document enco
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 import base_module
@@ -250,6 +251,159 @@ def test_long_encoder_two_windows_against_reference():
     assert att[1, :, :Ts, Ts:].abs().max() == 0
     assert seq[1, W:].abs().max() == 0 and att[1, :, W:].abs().max() == 0  # beyond the window: zero fill
     torch.testing.assert_close(att[1, :, :Ts].sum(-1), torch.ones(4, Ts, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+def two_window_reference(enc, start_ids, end_ids, W, input_ids, attention_mask):
+    """ATLOP's two-window algorithm as LongEncoder ran it before it took any number of windows (documents
+    of up to 2W - ns - ne tokens): the reference the general code must reproduce on such documents."""
+    B, L = input_ids.shape
+    ns, ne = len(start_ids), len(end_ids)
+    dev = input_ids.device
+    start_ids, end_ids = torch.tensor(start_ids, device=dev), torch.tensor(end_ids, device=dev)
+    pieces_ids, pieces_mask, plan = [], [], []
+    for b, T in enumerate(attention_mask.sum(1).tolist()):
+        ids, m = input_ids[b], attention_mask[b]
+        if T <= W:
+            plan.append((len(pieces_ids), None, T))
+            pieces_ids.append(ids[:W])
+            pieces_mask.append(m[:W])
+            continue
+        plan.append((len(pieces_ids), len(pieces_ids) + 1, T))
+        pieces_ids += [torch.cat([ids[:W - ne], end_ids]), torch.cat([start_ids, ids[T - W + ns:T]])]
+        pieces_mask += [torch.ones(W, dtype=m.dtype, device=dev)] * 2
+    out = enc(input_ids=torch.stack(pieces_ids), attention_mask=torch.stack(pieces_mask), output_attentions=True)
+    seq_w, att_w = out.last_hidden_state, out.attentions[-1]
+    seqs, atts = [], []
+    for first, second, T in plan:
+        if second is None:
+            seqs.append(F.pad(seq_w[first], (0, 0, 0, L - W)))
+            atts.append(F.pad(att_w[first], (0, L - W, 0, L - W)))
+            continue
+        s1 = F.pad(seq_w[first, :W - ne], (0, 0, 0, L - W + ne))
+        a1 = F.pad(att_w[first, :, :W - ne, :W - ne], (0, L - W + ne, 0, L - W + ne))
+        m1 = F.pad(torch.ones(W - ne, dtype=s1.dtype, device=dev), (0, L - W + ne))
+        off = T - W + ns
+        s2 = F.pad(seq_w[second, ns:], (0, 0, off, L - T))
+        a2 = F.pad(att_w[second, :, ns:, ns:], (off, L - T, off, L - T))
+        m2 = F.pad(torch.ones(W - ns, dtype=s1.dtype, device=dev), (off, L - T))
+        seqs.append((s1 + s2) / (m1 + m2).clamp(min=1).unsqueeze(-1))
+        att = a1 + a2
+        atts.append(att / (att.sum(-1, keepdim=True) + 1e-10))
+    return torch.stack(seqs), torch.stack(atts)
+
+
+def batch_of(lengths, seed=0, start=(CLS,), end=(SEP,)):
+    """Random documents of the given lengths, [CLS] ... [SEP] (or RoBERTa's <s> ... </s></s>), right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    L = max(lengths)
+    ids = torch.zeros(len(lengths), L, dtype=torch.long)
+    mask = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, T in enumerate(lengths):
+        ids[b, :T] = torch.randint(4, 100, (T,), generator=g)
+        ids[b, :len(start)] = torch.tensor(start)
+        ids[b, T - len(end):T] = torch.tensor(end)
+        mask[b, :T] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("start,end", [((CLS,), (SEP,)), ((CLS,), (SEP, SEP))], ids=["bert", "roberta"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_long_encoder_equals_two_window_algorithm_where_two_windows_cover(start, end, dtype):
+    """Up to T = 2W - ns - ne (1022 for BERT at W = 512) two windows hold every token: the K-window code
+    gives exactly the two-window results, padding positions and one-window documents of the batch included."""
+    enc = tiny_encoder(11).to(dtype)
+    W = 16
+    longest = 2 * W - len(start) - len(end)
+    lengths = [longest, W + 1, 24, 10, W, longest - 1]
+    ids, mask = batch_of(lengths, seed=3, start=start, end=end)
+    le = LongEncoder(enc, list(start), list(end), window=W)
+    with torch.no_grad():
+        seq, att = le(ids, mask)
+        ref_seq, ref_att = two_window_reference(enc, list(start), list(end), W, ids, mask)
+    assert seq.shape == ref_seq.shape and att.shape == ref_att.shape
+    assert torch.equal(seq, ref_seq) and torch.equal(att, ref_att)
+
+
+def test_window_spans_cover_with_fewest_windows():
+    """Every window has W tokens with its special tokens, the windows cover [0, T) without a gap, no token
+    is in more than two windows, one window fewer could not cover T, and two windows are ATLOP's."""
+    for ns, ne in ((1, 1), (1, 2), (2, 2)):
+        for W in (6, 16, 512):
+            for T in list(range(W + 1, 6 * W)) if W < 512 else (513, 1021, 1022, 1023, 1024, 4096):
+                spans = base_module.window_spans(T, W, ns, ne)
+                K = len(spans)
+                sizes = [b - a + (ns if k else 0) + (ne if k < K - 1 else 0) for k, (a, b) in enumerate(spans)]
+                assert sizes == [W] * K, (ns, ne, W, T)
+                assert spans[0][0] == 0 and spans[-1][1] == T
+                assert all(a2 <= b1 for (_, b1), (a2, _) in zip(spans, spans[1:]))  # no gap
+                assert all(a1 < a2 and b1 < b2 for (a1, b1), (a2, b2) in zip(spans, spans[1:]))
+                assert all(b1 <= a3 for (_, b1), _, (a3, _) in zip(spans, spans[1:], spans[2:]))  # <= 2 windows
+                assert (K - 1) * W - (K - 2) * (ns + ne) < T  # K - 1 windows hold fewer than T tokens
+                if T <= 2 * W - ns - ne:
+                    assert spans == [(0, W - ne), (T - W + ns, T)]
+    assert len(base_module.window_spans(4096, 512, 1, 1)) == 9
+
+
+def test_long_encoder_many_windows_against_per_window_reference():
+    """Documents of several windows: each window encoded on its own, states averaged over the windows that
+    hold a token, attention summed over windows and renormalised, in float64."""
+    enc = tiny_encoder(12).double()
+    W = 16
+    lengths = [3 * W, 4 * W + 3, 9]
+    ids, mask = batch_of(lengths, seed=4)
+    with torch.no_grad(), helpers.one_thread():
+        seq, att = LongEncoder(enc, [CLS], [SEP], window=W)(ids, mask)
+        for b, T in enumerate(lengths):
+            if T <= W:
+                continue
+            spans = base_module.window_spans(T, W, 1, 1)
+            ref = torch.zeros(T, seq.size(-1), dtype=torch.float64)
+            cnt = torch.zeros(T, 1, dtype=torch.float64)
+            ref_att = torch.zeros(4, T, T, dtype=torch.float64)
+            for k, (a, e) in enumerate(spans):
+                window = torch.cat([torch.tensor([CLS] if k else []), ids[b, a:e],
+                                    torch.tensor([SEP] if k < len(spans) - 1 else [])]).long()
+                out = enc(input_ids=window[None], output_attentions=True)
+                lo = 1 if k else 0
+                ref[a:e] += out.last_hidden_state[0, lo:lo + e - a]
+                cnt[a:e] += 1
+                ref_att[:, a:e, a:e] += out.attentions[-1][0, :, lo:lo + e - a, lo:lo + e - a]
+            torch.testing.assert_close(seq[b, :T], ref / cnt, atol=1e-10, rtol=0)
+            torch.testing.assert_close(att[b, :, :T, :T], ref_att / ref_att.sum(-1, keepdim=True), atol=1e-10, rtol=0)
+
+
+def test_long_document_has_no_zero_vector_and_attention_rows_sum_to_one():
+    """A document of 3W tokens (and ones of other lengths in the same batch): every real position gets a
+    non-zero state, every real attention row sums to 1 over the real tokens, and nothing goes to padding."""
+    enc = tiny_encoder(13)
+    W = 16
+    lengths = [3 * W, 2 * W + 5, 4 * W - 1, 12]
+    ids, mask = batch_of(lengths, seed=5)
+    with torch.no_grad():
+        seq, att = LongEncoder(enc, [CLS], [SEP], window=W)(ids, mask)
+    assert seq.shape == (4, 4 * W - 1, 32) and att.shape == (4, 4, 4 * W - 1, 4 * W - 1)
+    for b, T in enumerate(lengths):
+        assert (seq[b, :T].abs().sum(-1) > 0).all(), (b, T)
+        torch.testing.assert_close(att[b, :, :T, :T].sum(-1), torch.ones(4, T), atol=1e-5, rtol=0)
+        assert att[b, :, :T, T:].abs().sum() == 0
+        if T > W:
+            assert seq[b, T:].abs().sum() == 0 and att[b, :, T:].abs().sum() == 0
+
+
+def test_long_encoder_gradients_reach_every_window():
+    """Training reaches the tokens of every window, not only those of the first and the last."""
+    enc = tiny_encoder(14).train()
+    W = 16
+    ids, mask = batch_of([3 * W + 2, 20], seed=6)
+    emb = enc.embeddings.word_embeddings
+    seq, att = LongEncoder(enc, [CLS], [SEP], window=W)(ids, mask)
+    # a random projection: the plain sum of a LayerNorm output does not depend on its input
+    r = torch.randn(seq.size(-1), generator=torch.Generator().manual_seed(0))
+    for position in (1, 2 * W, 3 * W):  # tokens of the first, third and fourth window
+        emb.weight.grad = None
+        with helpers.one_thread():
+            (seq[0, position] @ r + att[0, :, position, 1].sum()).backward(retain_graph=True)
+        assert emb.weight.grad[ids[0, position]].abs().sum() > 0, position
 
 
 def test_base_module_on_long_document_end_to_end():

@@ -167,11 +167,11 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path, tiny_model)
 
 def naive_accumulation(args, micro_batches):
     """What the step would be if each micro-batch's mean loss had the same weight (the wrong weighting)."""
-    import train
+    from model import load_model
     from utils import move_to, set_seed
     set_seed(args.seed)
     tok = __import__("prepro").load_tokenizer(args.model_name_or_path, "bert")
-    model = train.load_model(args, args.num_class, tok)
+    model = load_model(args, args.num_class, tok)
     groups = model.param_groups(1, args)
     model.set_trainable(groups)
     opt = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay)
@@ -198,7 +198,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model):
     tok = prepro.load_tokenizer(tiny_model, "bert")
     rel2id = prepro.load_rel2id()
     args.num_class = len(rel2id)
-    _, feats = train.load_split(args, "train.json", tok, rel2id, 0)
+    feats, _ = train.load_split(args, "train.json", tok, rel2id, 0)
     micro = list(train.train_loader(feats, args, 0, 1, 1000 * 1 + 0))
     counts = [int(b["label_mask"].sum()) for b in micro]
     assert len(micro) == 2 and counts[0] != counts[1], counts
@@ -262,11 +262,10 @@ def _agree_worker(rank, port, out):
     import train
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    trainer = train.Trainer.__new__(train.Trainer)
-    trainer.world, trainer.device = 2, torch.device("cpu")
-    trainer.stop_signal = 15 if rank == 1 else None  # only rank 1 got SIGTERM
-    got = trainer.agree_stop()
-    Path(out, f"{rank}.json").write_text(json.dumps([got, trainer.stop_signal]))
+    run = train.Run(None, torch.device("cpu"), rank, 2, [], None, None, {})
+    run.signum = 15 if rank == 1 else 0  # only rank 1 got SIGTERM
+    got = train.agree_stop(run)
+    Path(out, f"{rank}.json").write_text(json.dumps([got, run.signum]))
     dist.destroy_process_group()
 
 
@@ -281,14 +280,14 @@ def test_every_trainable_parameter_gets_a_gradient(tmp_path, tiny_model, stage, 
     """DDP (find_unused_parameters=False) waits for a gradient of every parameter that requires one."""
     import prepro
     import train
+    from model import load_model
     from utils import move_to
     data = write_data(tmp_path / "data", train_entities=(2, 6, 3))
     args = train.parse_args(flags(data, tiny_model, tmp_path / "x", *extra))
     tok = prepro.load_tokenizer(tiny_model, "bert")
     rel2id = prepro.load_rel2id()
-    args.num_class = len(rel2id)
-    _, feats = train.load_split(args, "train.json", tok, rel2id, 0)
-    model = train.load_model(args, args.num_class, tok)
+    feats, _ = train.load_split(args, "train.json", tok, rel2id, 0)
+    model = load_model(args, len(rel2id), tok)
     model.set_trainable(model.param_groups(stage, args))
     model.train()
     model(move_to(__import__("utils").collate_fn(feats), "cpu"), stage)["loss"].backward()

@@ -179,14 +179,136 @@ def test_bad_submission_entry_names_file_index_and_field(bad, field):
     assert "result.json" in str(e.value) and "entry 5" in str(e.value) and repr(field) in str(e.value)
 
 
+def _mutated(path, value):
+    """alpha_doc() with the field at `path` (keys and indices) set to `value`, or deleted for DELETE."""
+    doc = alpha_doc()
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+DELETE = object()
+BAD_GOLD = [  # (path in alpha_doc, new value, words of the error after 'document 0 ('Alpha')')
+    (["vertexSet", 0, 1, "sent_id"], [2], "vertexSet[0][1].sent_id: [2] is not a sentence id"),
+    (["vertexSet", 0, 1, "sent_id"], None, "vertexSet[0][1].sent_id: None is not a sentence id"),
+    (["vertexSet", 0, 1, "sent_id"], DELETE, "vertexSet[0][1].sent_id: None"),
+    (["vertexSet", 2, 0, "sent_id"], 3, "vertexSet[2][0].sent_id: 3 is not a sentence id (the document has 3"),
+    (["vertexSet", 2, 0, "sent_id"], -1, "vertexSet[2][0].sent_id: -1"),
+    (["vertexSet", 2, 0, "sent_id"], True, "vertexSet[2][0].sent_id: True"),
+    (["vertexSet", 2, 0, "sent_id"], "1", "vertexSet[2][0].sent_id: '1'"),
+    (["vertexSet", 1, 0, "name"], ["France"], "vertexSet[1][0].name: missing or not a string (['France'])"),
+    (["vertexSet", 1, 0, "name"], None, "vertexSet[1][0].name"),
+    (["vertexSet", 1, 0], "France", "vertexSet[1][0]: expected a mention object"),
+    (["vertexSet", 3], [], "vertexSet[3]: expected a non-empty list"),
+    (["vertexSet"], {"0": []}, "vertexSet: missing or not a list"),
+    (["sents"], DELETE, "sents: missing or not a list of sentences"),
+    (["sents"], ["a b", "c"], "sents: missing or not a list of sentences"),
+    (["labels", 1, "h"], [1], "labels[1].h: [1] is not an entity index (vertexSet has 4 entities)"),
+    (["labels", 1, "t"], 4, "labels[1].t: 4 is not an entity index"),
+    (["labels", 2, "h"], None, "labels[2].h: None"),
+    (["labels", 3, "r"], ["P30"], "labels[3].r: missing or not a relation name (['P30'])"),
+    (["labels", 3], ["P30"], "labels[3]: expected a JSON object"),
+    (["labels"], {"h": 0}, "labels: expected a list"),
+]
+
+
+@pytest.mark.parametrize("path,value,words", BAD_GOLD)
+def test_bad_gold_document_names_file_document_and_field(path, value, words):
+    """List-valued or null sent_ids and names used to crash the scorer or, out of range, to skew
+    Intra/Inter silently; every field the scorer reads is now checked."""
+    gold = [dict(alpha_doc(), title="Other"), _mutated(path, value)]
+    with pytest.raises(DataError) as e:
+        docred_scores(SUBMISSION, gold, gold_path="dev.json")
+    assert str(e.value).startswith("dev.json: document 1 ('Alpha'): " + words), str(e.value)
+
+
+@pytest.mark.parametrize("path,value,words", [
+    (["vertexSet", 0, 0, "name"], ["City of Light"], "vertexSet[0][0].name: missing or not a string"),
+    (["vertexSet", 0, 0, "name"], 7, "vertexSet[0][0].name"),
+    (["vertexSet", 0, 0], None, "vertexSet[0][0]: expected a mention object"),
+    (["labels", 0, "t"], 5, "labels[0].t: 5 is not an entity index (vertexSet has 5 entities)"),
+    (["labels", 0, "r"], None, "labels[0].r"),
+])
+def test_bad_train_document_names_file_document_and_field(path, value, words):
+    train = train_doc()
+    target = train
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(DataError) as e:
+        docred_scores(SUBMISSION, [alpha_doc()], [train], train_path="train.json")
+    assert str(e.value).startswith("train.json: document 0 ('Train'): " + words), str(e.value)
+
+
+def test_train_documents_need_no_sentences():
+    """Ign F1 reads only mention names of the train file: its sent_ids and sents are not checked."""
+    train = train_doc()
+    del train["sents"]
+    train["vertexSet"][0][0]["sent_id"] = [0]
+    s = docred_scores(SUBMISSION, [alpha_doc()], [train])
+    assert s["num_correct_in_train"] == 1
+
+
+@pytest.mark.parametrize("doc,words", [
+    ("Alpha", "document 0: expected a JSON object, got str"),
+    ({"title": ["Alpha"], "vertexSet": []}, "document 0: title: missing or not a string (['Alpha'])"),
+    ({"vertexSet": []}, "document 0: title: missing or not a string (None)"),
+])
+def test_bad_gold_title_or_document(doc, words):
+    with pytest.raises(DataError, match=r"^gold\.json: " + words.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        docred_scores([], [doc], gold_path="gold.json")
+
+
+def test_long_bad_value_is_cut_short():
+    with pytest.raises(DataError) as e:
+        docred_scores(SUBMISSION, [_mutated(["vertexSet", 0, 0, "sent_id"], list(range(1000)))])
+    assert len(str(e.value)) < 200 and "..." in str(e.value)
+
+
 def test_load_docs_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     obj = tmp_path / "obj.json"
     obj.write_text('{"title": "x"}')
-    for path in (tmp_path / "missing.json", bad, obj):
+    for path in (tmp_path / "missing.json", bad, obj, tmp_path):
         with pytest.raises(DataError, match=path.name):
             load_docs(str(path))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'[{"title": "a"}, {"title": "b",}]', "invalid JSON: Expecting property name enclosed in double quotes: "
+                                          "line 1 column 32 (char 31)"),
+    (b'[{"title": "a"},\n {"title": "b"}', "invalid JSON: Expecting ',' delimiter: line 2 column 16 (char 32)"),
+    (b'[1] x', "invalid JSON: Extra data: line 1 column 5 (char 4)"),
+    (b'["\xff"]', "invalid JSON: 'utf-8' codec can't decode byte 0xff in position 2"),
+    (b'\xef\xbb\xbf[]', "invalid JSON: Unexpected UTF-8 BOM"),
+    (b'', "invalid JSON: Expecting value: line 1 column 1 (char 0)"),
+    (b'[' * 100000 + b']' * 100000, "invalid JSON: nested too deeply"),
+], ids=["trailing-comma", "missing-comma", "extra-data", "not-utf8", "bom", "empty", "deep-nesting"])
+def test_load_docs_says_where_the_json_is_broken(tmp_path, content, message):
+    """Malformed JSON is reported with the line and column, or why it cannot be read at all."""
+    path = tmp_path / "broken.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        load_docs(str(path))
+    assert str(e.value) == f"{path}: {message}" or str(e.value).startswith(f"{path}: {message}"), str(e.value)
+
+
+def test_load_docs_reads_what_json_reads(tmp_path):
+    """Every JSON value the json module reads comes back as it reads it (non-ASCII text, big integers, NaN)."""
+    docs = [alpha_doc(), train_doc(), {"title": "Ünïcode ✓ \U0001F600 / \\", "big": 2 ** 70, "x": [1.5e-300, -0.0]}]
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(docs), encoding="utf-8")
+    assert load_docs(str(path)) == json.loads(path.read_text(encoding="utf-8"))
+    path.write_text("[NaN, 1e400]")
+    nan, inf = load_docs(str(path))
+    assert nan != nan and inf == float("inf")
 
 
 def run_cli(*args):

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import logging
 import os
-import stat
 import string
 from collections import Counter
 
@@ -52,6 +51,19 @@ def write_json(tmp_path, obj, name="docs.json"):
     return str(path)
 
 
+def read_docred(path, tokenizer, rel2id, max_seq_length=1024):
+    """DocRED-format features through the entry point train.py uses, without a cache."""
+    return prepro.load_features(str(path), "docred", tokenizer, max_seq_length, rel2id)
+
+
+def read_bio(path, tokenizer, dataset, max_seq_length=1024):
+    """CDR or GDA features through the entry point train.py uses, without a cache."""
+    return prepro.load_features(str(path), dataset, tokenizer, max_seq_length)
+
+
+FEATURE_KEYS = {"title", "input_ids", "entity_pos", "hts", "labels", "num_entities", "num_class"}
+
+
 def star_id(tok):
     return tok.convert_tokens_to_ids(prepro.MARKER)
 
@@ -65,11 +77,11 @@ def ids_of(tok, words):
 
 def test_docred_feature_fields(tmp_path, tokenizer, rel2id):
     doc = people_doc()
-    [f] = prepro.read_docred(write_json(tmp_path, [doc]), tokenizer, rel2id)
+    [f] = read_docred(write_json(tmp_path, [doc]), tokenizer, rel2id)
     assert f["title"] == "People"
     assert f["num_entities"] == 4 and f["num_class"] == len(rel2id) == 97
     assert f["input_ids"][0] == tokenizer.cls_token_id and f["input_ids"][-1] == tokenizer.sep_token_id
-    assert f["mention_sent"] == [[0, 2], [0, 1], [1], [2]]
+    assert set(f) == FEATURE_KEYS  # every field is read by utils.collate_fn or train.py
     assert [len(p) for p in f["entity_pos"]] == [2, 2, 1, 1]
     # Removing the markers gives back the plain document tokenization.
     star = star_id(tokenizer)
@@ -80,7 +92,7 @@ def test_docred_feature_fields(tmp_path, tokenizer, rel2id):
 
 def test_docred_marker_positions(tmp_path, tokenizer, rel2id):
     doc = people_doc()
-    [f] = prepro.read_docred(write_json(tmp_path, [doc]), tokenizer, rel2id)
+    [f] = read_docred(write_json(tmp_path, [doc]), tokenizer, rel2id)
     star = star_id(tokenizer)
     for entity, spans in zip(doc["vertexSet"], f["entity_pos"]):
         for m, (start, end) in zip(entity, spans):
@@ -94,7 +106,7 @@ def test_docred_marker_positions(tmp_path, tokenizer, rel2id):
 
 
 def test_docred_hts_and_multi_hot_labels(tmp_path, tokenizer, rel2id):
-    [f] = prepro.read_docred(write_json(tmp_path, [people_doc()]), tokenizer, rel2id)
+    [f] = read_docred(write_json(tmp_path, [people_doc()]), tokenizer, rel2id)
     n = 4
     assert f["hts"] == [[h, t] for h in range(n) for t in range(n) if h != t]
     assert len(f["hts"]) == len(f["labels"]) == n * (n - 1)
@@ -110,7 +122,7 @@ def test_docred_labels_optional_and_single_entity(tmp_path, tokenizer, rel2id):
     doc = people_doc()
     del doc["labels"]
     lone = {"title": "Lone", "sents": [["Rome", "."]], "vertexSet": [[mention(0, 0, 1)]]}
-    f, g = prepro.read_docred(write_json(tmp_path, [doc, lone]), tokenizer, rel2id)
+    f, g = read_docred(write_json(tmp_path, [doc, lone]), tokenizer, rel2id)
     assert len(f["hts"]) == 12 and all(lab == [] for lab in f["labels"])
     assert g["hts"] == [] and g["labels"] == [] and g["num_entities"] == 1
 
@@ -127,7 +139,7 @@ def test_overlapping_mentions_features(tmp_path, tokenizer, rel2id):
     doc = {"title": "Overlap", "sents": [["New", "York", "City", "is", "big", "."]],
            "vertexSet": [[mention(0, 0, 3)], [mention(0, 0, 2)], [mention(0, 3, 4)],
                          [mention(0, 1, 4)], [mention(0, 0, 3)]]}
-    [f] = prepro.read_docred(write_json(tmp_path, [doc]), tokenizer, rel2id)
+    [f] = read_docred(write_json(tmp_path, [doc]), tokenizer, rel2id)
     pos = [spans[0] for spans in f["entity_pos"]]
     star = star_id(tokenizer)
     assert all(f["input_ids"][s] == star and f["input_ids"][e] == star for s, e in pos)
@@ -142,9 +154,8 @@ def test_overlapping_mentions_features(tmp_path, tokenizer, rel2id):
     assert len(f["hts"]) == 5 * 4
 
 
-def test_truncation(tmp_path, tokenizer, rel2id, caplog):
-    for w in ("paris", "berlin", "london", "rome", "the"):
-        assert len(tokenizer.tokenize(w)) == 1  # the positions below assume one subword per word
+def truncated_docs():
+    """A document that max_seq_length=20 cuts (3 of its mentions lost) and one that fits."""
     words = ["paris"] + ["the"] * 13 + ["berlin", "london", "rome"] + ["the"] * 13 + ["rome", "paris", "."]
     long_doc = {"title": "Long", "sents": [words],
                 "vertexSet": [[mention(0, 0, 1), mention(0, 31, 32)],  # second "paris" is cut off
@@ -153,15 +164,20 @@ def test_truncation(tmp_path, tokenizer, rel2id, caplog):
                               [mention(0, 15, 16)]]}  # start marker is the first token cut off
     short_doc = {"title": "Short", "sents": [["rome", "and", "paris"]],
                  "vertexSet": [[mention(0, 0, 1)], [mention(0, 2, 3)]]}
-    path = write_json(tmp_path, [long_doc, short_doc])
+    return [long_doc, short_doc]
+
+
+def test_truncation(tmp_path, tokenizer, rel2id, caplog):
+    for w in ("paris", "berlin", "london", "rome", "the"):
+        assert len(tokenizer.tokenize(w)) == 1  # the positions below assume one subword per word
+    path = write_json(tmp_path, truncated_docs())
     with caplog.at_level(logging.WARNING, logger="prepro"):
-        long_f, short_f = prepro.read_docred(path, tokenizer, rel2id, max_seq_length=20)
+        long_f, short_f = read_docred(path, tokenizer, rel2id, max_seq_length=20)
     assert len(long_f["input_ids"]) == 20 and long_f["input_ids"][-1] == tokenizer.sep_token_id
     # Marked tokens: * paris * the*13 -> the start marker of "berlin london rome" is token 16,
     # input_ids index 17; its first word is index 18, the last content position. The marker
     # of the nested "london" is token 18 = max_seq_length - 2, the first one cut off.
     assert long_f["entity_pos"] == [[(1, 3)], [(17, 18)], [], []]
-    assert long_f["mention_sent"] == [[0, 0], [0], [0], [0]]
     assert long_f["input_ids"][17] == star_id(tokenizer)
     assert long_f["input_ids"][18] == tokenizer.convert_tokens_to_ids("berlin")
     assert len(short_f["entity_pos"][1]) == 1
@@ -171,9 +187,25 @@ def test_truncation(tmp_path, tokenizer, rel2id, caplog):
     assert "docs.json" in warnings[0]
 
 
+def test_truncation_warning_also_from_cache(tmp_path, tokenizer, rel2id, caplog, monkeypatch):
+    """The cache keeps what truncation cost: a warm run warns exactly as the cold run did."""
+    path = write_json(tmp_path, truncated_docs())
+    cache = str(tmp_path / "cache")
+    warnings = []
+    for run in ("cold", "warm"):
+        if run == "warm":
+            monkeypatch.setattr(prepro, "_docred_features", lambda *a, **k: pytest.fail("cache not used"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="prepro"):
+            prepro.load_features(path, "docred", tokenizer, 20, rel2id, cache_dir=cache)
+        warnings.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+    assert warnings[0] == warnings[1] and len(warnings[1]) == 1
+    assert "1 of 2 documents truncated to max_seq_length=20; 3 entity mentions lost" in warnings[1][0]
+
+
 def test_no_truncation_no_warning(tmp_path, tokenizer, rel2id, caplog):
     with caplog.at_level(logging.WARNING, logger="prepro"):
-        prepro.read_docred(write_json(tmp_path, [people_doc()]), tokenizer, rel2id)
+        read_docred(write_json(tmp_path, [people_doc()]), tokenizer, rel2id)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -186,10 +218,10 @@ def test_tokenizer_calls_do_not_grow_with_documents(tmp_path, tokenizer, rel2id,
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(tokenizer), "__call__", counting)
-    prepro.read_docred(write_json(tmp_path, [people_doc()], "one.json"), tokenizer, rel2id)
+    read_docred(write_json(tmp_path, [people_doc()], "one.json"), tokenizer, rel2id)
     one = len(calls)
     calls.clear()
-    prepro.read_docred(write_json(tmp_path, [people_doc(f"d{i}") for i in range(8)], "many.json"),
+    read_docred(write_json(tmp_path, [people_doc(f"d{i}") for i in range(8)], "many.json"),
                        tokenizer, rel2id)
     assert len(calls) == one
 
@@ -225,6 +257,14 @@ BAD_DOCS = [
     (_set(["labels", 3, "t"], 0), "labels[3]: head and tail are the same entity"),
     (_set(["sents", 1], "She moved"), "sents"),
     (_set(["labels"], {"h": 0}), "labels"),
+    (_set(["labels", 0, "r"], ["P19"]), "labels[0].r: unknown relation ['P19']"),
+    (_set(["labels", 0, "r"], None), "labels[0].r: unknown relation None"),
+    (_set(["labels", 0], ["P19"]), "labels[0]: expected a JSON object"),
+    (_set(["vertexSet", 0, 1, "sent_id"], [2]), "vertexSet[0][1].sent_id: [2] is not a sentence id"),
+    (_set(["vertexSet", 0, 1, "sent_id"], True), "vertexSet[0][1].sent_id: True"),
+    (_set(["vertexSet", 0, 1, "pos"], [0.0, 1]), "vertexSet[0][1].pos: [0.0, 1]"),
+    (_set(["sents", 1, 3], "Ber\ud800lin"), "sents[1][3]: not Unicode text"),
+    (_set(["sents", 1, 3], None), "sents: expected a list of sentences"),
 ]
 
 
@@ -234,17 +274,44 @@ def test_bad_document_names_file_doc_and_field(tmp_path, tokenizer, rel2id, muta
     mutate(bad)
     path = write_json(tmp_path, [people_doc(), bad], "bad_dev.json")
     with pytest.raises(utils.DataError) as err:
-        prepro.read_docred(path, tokenizer, rel2id)
+        read_docred(path, tokenizer, rel2id)
     message = str(err.value)
     assert "bad_dev.json" in message and 'document 1 ("Second Doc")' in message
     assert field in message
+
+
+def test_title_that_is_no_text(tmp_path, tokenizer, rel2id):
+    """A lone surrogate (JSON "\\ud800") would crash the tokenizer or the UTF-8 result.json later."""
+    bad = people_doc("Bad \ud800 title")
+    with pytest.raises(utils.DataError, match=r"docs\.json: document 1 .*title: expected a string of Unicode text"):
+        read_docred(write_json(tmp_path, [people_doc(), bad]), tokenizer, rel2id)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'[{"title": "a"},]', "not DocRED JSON (invalid JSON: Expecting value: line 1 column 17 (char 16))"),
+    (b'[{"title": "a"}\n{"title": "b"}]', "not DocRED JSON (invalid JSON: Expecting ',' delimiter: line 2 column 1"),
+    (b'[{"title": "\xff"}]', "not UTF-8 text: 'utf-8' codec can't decode byte 0xff in position 12"),
+    (b'[{"title": "\xed\xa0\x80"}]', "not UTF-8 text"),
+    (b'[' * 100000 + b']' * 100000, "not DocRED JSON (invalid JSON: nested too deeply)"),
+], ids=["trailing-comma", "missing-comma", "not-utf8", "encoded-surrogate", "deep-nesting"])
+def test_broken_json_says_where(tmp_path, tokenizer, rel2id, content, message):
+    path = tmp_path / "broken.json"
+    path.write_bytes(content)
+    with pytest.raises(utils.DataError) as err:
+        read_docred(path, tokenizer, rel2id)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_unreadable_path_is_usage_error(tmp_path, tokenizer, rel2id):
+    with pytest.raises(utils.UsageError, match="cannot read"):
+        read_docred(tmp_path, tokenizer, rel2id)
 
 
 def test_missing_title(tmp_path, tokenizer, rel2id):
     bad = people_doc()
     del bad["title"]
     with pytest.raises(utils.DataError, match=r"docs\.json: document 1 .*missing key 'title'"):
-        prepro.read_docred(write_json(tmp_path, [people_doc(), bad]), tokenizer, rel2id)
+        read_docred(write_json(tmp_path, [people_doc(), bad]), tokenizer, rel2id)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -260,13 +327,13 @@ def test_bad_docred_file(tmp_path, tokenizer, rel2id, content, message):
     path = tmp_path / "weird.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(utils.DataError, match="weird.json") as err:
-        prepro.read_docred(str(path), tokenizer, rel2id)
+        read_docred(str(path), tokenizer, rel2id)
     assert message in str(err.value)
 
 
 def test_missing_file_is_usage_error(tmp_path, tokenizer, rel2id):
     with pytest.raises(utils.UsageError, match="no such file"):
-        prepro.read_docred(str(tmp_path / "absent.json"), tokenizer, rel2id)
+        read_docred(str(tmp_path / "absent.json"), tokenizer, rel2id)
 
 
 # ------------------------------------------------------------------ CDR / GDA
@@ -313,13 +380,13 @@ def write_data(tmp_path, lines, name="train.data"):
 
 
 def test_cdr_features(tmp_path, tokenizer):
-    f, g = prepro.read_cdr(write_data(tmp_path, [cdr_line(), second_line()]), tokenizer)
+    f, g = read_bio(write_data(tmp_path, [cdr_line(), second_line()]), tokenizer, "cdr")
     assert f["title"] == "1001" and g["title"] == "1002"
     assert f["num_class"] == 2 and f["num_entities"] == 4  # ibuprofen is only in a not_include pair
     # Entities in order of first appearance: aspirin, headache, nausea, fever. R2L puts entity 2 first.
     assert f["hts"] == [[0, 1], [2, 0], [0, 3]]
     assert f["labels"] == [[1], [], []]
-    assert f["mention_sent"] == [[0, 1], [0, 1], [0], [1]]
+    assert set(f) == FEATURE_KEYS
     words = CDR_TEXT.replace("|", " ").split(" ")
     star = star_id(tokenizer)
     for (_, _, spans, _), pos in zip((ASPIRIN, HEADACHE, NAUSEA, FEVER), f["entity_pos"]):
@@ -333,15 +400,15 @@ def test_cdr_features(tmp_path, tokenizer):
     assert f["input_ids"][i - 1] == star and f["input_ids"][i + len(ibu)] == star
     assert f["input_ids"].count(star) == 2 * 7
     assert g["hts"] == [[0, 1]] and g["labels"] == [[1]]
-    assert [len(p) for p in g["entity_pos"]] == [2, 1] and g["mention_sent"] == [[0, 1], [0]]
+    assert [len(p) for p in g["entity_pos"]] == [2, 1]
 
 
 def test_gda_features(tmp_path, tokenizer):
     path = write_data(tmp_path, [cdr_line("1:GDA:2"), second_line("1:NR:2")], "test.data")
-    f, g = prepro.read_gda(path, tokenizer)
+    f, g = read_bio(path, tokenizer, "gda")
     assert f["labels"] == [[1], [], []] and g["labels"] == [[]]
     with pytest.raises(utils.DataError, match=r"test\.data: line 1 \(PMID 1001\): pair 0: unknown label '1:GDA:2'"):
-        prepro.read_cdr(path, tokenizer)
+        read_bio(path, tokenizer, "cdr")
 
 
 def _replace_field(line, index, value):
@@ -366,17 +433,17 @@ def _replace_field(line, index, value):
 def test_bad_data_line(tmp_path, tokenizer, bad_line, message):
     path = write_data(tmp_path, [cdr_line(), bad_line], "dev_filter.data")
     with pytest.raises(utils.DataError) as err:
-        prepro.read_cdr(path, tokenizer)
+        read_bio(path, tokenizer, "cdr")
     text = str(err.value)
     assert "dev_filter.data: line 2 (PMID 100" in text and message in text
 
 
 def test_bad_data_file(tmp_path, tokenizer):
     with pytest.raises(utils.DataError, match="empty file"):
-        prepro.read_gda(write_data(tmp_path, []), tokenizer)
+        read_bio(write_data(tmp_path, []), tokenizer, "gda")
     json_path = write_json(tmp_path, [people_doc()])
     with pytest.raises(utils.DataError, match=r"docs\.json: line 1 .*not a \.data file"):
-        prepro.read_cdr(json_path, tokenizer)
+        read_bio(json_path, tokenizer, "cdr")
 
 
 # ---------------------------------------------------------------------- cache
@@ -402,7 +469,7 @@ def test_cache_hit(tmp_path, rel2id, monkeypatch):
     path = write_json(tmp_path, [people_doc(), people_doc("Other")])
     cache = str(tmp_path / "cache")
     cold = prepro.load_features(path, "docred", tokenizer, 512, rel2id, cache_dir=cache)
-    direct = prepro.read_docred(path, tokenizer, rel2id, 512)
+    direct = read_docred(path, tokenizer, rel2id, 512)
     assert len(os.listdir(cache)) == 1
 
     def fail(*args, **kwargs):
@@ -455,26 +522,34 @@ def test_cache_for_cdr_and_dataset_check(tmp_path, tokenizer, monkeypatch):
         prepro.load_features(path, "chemprot", tokenizer, 512, cache_dir=cache)
 
 
-def test_default_cache_dir(tmp_path, tokenizer, rel2id, monkeypatch):
+@pytest.mark.parametrize("cache_dir", [None, ""])
+def test_without_cache_dir_nothing_is_written(tmp_path, tokenizer, rel2id, monkeypatch, cache_dir):
     data = tmp_path / "data"
     data.mkdir()
     path = write_json(data, [people_doc()])
-    assert prepro.default_cache_dir(path) == str(data / ".docre_cache")
-    prepro.load_features(path, "docred", tokenizer, 512, rel2id)
-    assert len(os.listdir(data / ".docre_cache")) == 1
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "usercache"))
+    [f] = prepro.load_features(path, "docred", tokenizer, 512, rel2id, cache_dir=cache_dir)
+    assert f["title"] == "People"
+    assert sorted(os.listdir(tmp_path)) == ["data", "work"]
+    assert os.listdir(data) == ["docs.json"] and os.listdir(work) == []
 
-    readonly = tmp_path / "readonly"
-    readonly.mkdir()
-    ro_path = write_json(readonly, [people_doc()])
-    readonly.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
-    try:
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "usercache"))
-        assert prepro.default_cache_dir(ro_path) == str(tmp_path / "usercache" / "docre-ii")
-        prepro.load_features(ro_path, "docred", tokenizer, 512, rel2id)
-        assert os.listdir(readonly) == ["docs.json"]
-        assert len(os.listdir(tmp_path / "usercache" / "docre-ii")) == 1
-    finally:
-        readonly.chmod(stat.S_IRWXU)
+
+def test_cache_of_another_layout_is_rebuilt(tmp_path, tokenizer, rel2id, caplog):
+    """A cache file that parses but is not this version's layout (a bare feature list, as caches without
+    truncation counts were) is rebuilt, never trusted."""
+    path = write_json(tmp_path, [people_doc()])
+    cache = tmp_path / "cache"
+    cold = prepro.load_features(path, "docred", tokenizer, 512, rel2id, cache_dir=str(cache))
+    [cache_file] = cache.iterdir()
+    cache_file.write_text(json.dumps([dict(cold[0], title="Stale")]))
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        again = prepro.load_features(path, "docred", tokenizer, 512, rel2id, cache_dir=str(cache))
+    assert again == cold and "unreadable cache" in caplog.text
+    assert json.loads(cache_file.read_text())["features"][0]["title"] == "People"
 
 
 # ------------------------------------------------------------------ tokenizers
@@ -496,7 +571,7 @@ def test_roberta_tokenizer(tmp_path, rel2id):
     folder = tiny_roberta(tmp_path)
     tok = prepro.load_tokenizer(folder, "roberta")
     path = write_json(tmp_path, [people_doc()])
-    [f] = prepro.read_docred(path, tok, rel2id)
+    [f] = read_docred(path, tok, rel2id)
     assert f["input_ids"][0] == tok.cls_token_id == 0 and f["input_ids"][-1] == tok.sep_token_id == 2
     star = tok.convert_tokens_to_ids("Ġ*")
     for spans in f["entity_pos"]:
@@ -509,7 +584,7 @@ def test_roberta_tokenizer(tmp_path, rel2id):
     import transformers
     glued = transformers.AutoTokenizer.from_pretrained(folder)  # without add_prefix_space
     with pytest.raises(utils.UsageError, match="add_prefix_space=True"):
-        prepro.read_docred(path, glued, rel2id)
+        read_docred(path, glued, rel2id)
 
 
 def test_load_tokenizer_checks_type():
@@ -519,7 +594,7 @@ def test_load_tokenizer_checks_type():
 
 def test_max_seq_length_too_small(tmp_path, tokenizer, rel2id):
     with pytest.raises(utils.UsageError, match="max_seq_length"):
-        prepro.read_docred(write_json(tmp_path, [people_doc()]), tokenizer, rel2id, max_seq_length=2)
+        read_docred(write_json(tmp_path, [people_doc()]), tokenizer, rel2id, max_seq_length=2)
 
 
 # ----------------------------------------------------------------- relation map
@@ -573,7 +648,7 @@ DOCRED_FILES = [  # (file, documents, relation facts), as stated in SOURCES.md
 def test_real_docred_files(SHARED_DATA, tokenizer, rel2id, name, n_docs, n_facts):
     path = SHARED_DATA / name
     raw = json.loads(path.read_text(encoding="utf-8"))
-    features = prepro.read_docred(str(path), tokenizer, rel2id)
+    features = read_docred(str(path), tokenizer, rel2id)
     assert len(features) == len(raw) == n_docs
     facts = {(i, lab["h"], lab["t"], lab["r"]) for i, doc in enumerate(raw) for lab in doc.get("labels", [])}
     assert len(facts) == n_facts
@@ -583,19 +658,20 @@ def test_real_docred_files(SHARED_DATA, tokenizer, rel2id, name, n_docs, n_facts
     star = star_id(tokenizer)
     for f, doc in zip(features, raw):
         assert f["title"] == doc["title"] and len(f["input_ids"]) <= 1024
-        assert f["mention_sent"] == [[m["sent_id"] for m in e] for e in doc["vertexSet"]]
+        assert len(f["entity_pos"]) == len(doc["vertexSet"])
+        assert all(len(spans) <= len(entity) for spans, entity in zip(f["entity_pos"], doc["vertexSet"]))
         assert all(f["input_ids"][s] == star and f["input_ids"][e] == star
                    for spans in f["entity_pos"] for s, e in spans)
 
 
-@pytest.mark.parametrize("name,reader,n_pos,n_neg", [
-    ("cdr/train_filter.data", "read_cdr", 1038, 4202),
-    ("cdr/dev_filter.data", "read_cdr", 1012, 4075),
-    ("cdr/test_filter.data", "read_cdr", 1066, 4138),
-    ("gda/test.data", "read_gda", 1502, 3720),
+@pytest.mark.parametrize("name,dataset,n_pos,n_neg", [
+    ("cdr/train_filter.data", "cdr", 1038, 4202),
+    ("cdr/dev_filter.data", "cdr", 1012, 4075),
+    ("cdr/test_filter.data", "cdr", 1066, 4138),
+    ("gda/test.data", "gda", 1502, 3720),
 ])
-def test_real_bio_files(SHARED_DATA, tokenizer, name, reader, n_pos, n_neg):
-    features = getattr(prepro, reader)(str(SHARED_DATA / name), tokenizer)
+def test_real_bio_files(SHARED_DATA, tokenizer, name, dataset, n_pos, n_neg):
+    features = read_bio(SHARED_DATA / name, tokenizer, dataset)
     assert len(features) == (1000 if name.startswith("gda") else 500)
     labels = Counter(tuple(lab) for f in features for lab in f["labels"])
     assert labels == {(1,): n_pos, (): n_neg}

@@ -2,7 +2,7 @@
 non-finite steps, bad input (one-line `error: ...`, exit status 2), and predicting new documents.
 
 Runs use made-up documents and a tiny random BERT (tests/helpers.py). The interruption tests run
-train.py as a real subprocess and slow its steps with the DOCRE_TEST_SLEEP_PER_STEP hook of train.py.
+train.py as a real subprocess whose train_step is wrapped to take at least half a second (SLOW_TRAIN).
 """
 import json
 import os
@@ -39,6 +39,14 @@ def env(tmp_path_factory):
 def flags(env, save, *extra, data="data", stage1=1, stage2=1):
     return helpers.train_args(env[data], env["model"], save, env["cache"], *extra, stage1=stage1, stage2=stage2,
                               lr=3e-3)
+
+
+# train.py's command line in a subprocess whose optimiser steps each take 0.5 s more, so that a signal can be
+# sent while an epoch is under way.
+SLOW_TRAIN = ("import sys, time, train\n"
+              "step = train.train_step\n"
+              "train.train_step = lambda *a: (time.sleep(0.5), step(*a))[1]\n"
+              "sys.exit(train.cli(sys.argv[1:]))")
 
 
 def last_line(text):
@@ -110,9 +118,9 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     # metrics lines written before the signal: stage 1 epoch 0 (-> stop in stage 1 epoch 1), or stage 1's
     # two epochs and stage 2 epoch 0 (-> stop in stage 2 epoch 1)
     lines_before = 1 if stage == 1 else 3
-    cmd = [sys.executable, "train.py", *flags(env, save, data="data8", stage1=2, stage2=2)]
+    cmd = [sys.executable, "-c", SLOW_TRAIN, *flags(env, save, data="data8", stage1=2, stage2=2)]
     proc = subprocess.Popen(cmd, cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=helpers.subprocess_env(DOCRE_TEST_SLEEP_PER_STEP="0.5"))
+                            env=helpers.subprocess_env())
     try:
         metrics = save / "metrics.jsonl"
         deadline = time.time() + 240
@@ -137,7 +145,7 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     assert msg.startswith(f"{sig.name}: stopped; state saved to ") and f"--resume {save}" in msg, msg
     last = torch.load(save / "last.pt", weights_only=False)
     assert last["stage"] == stage and last["epoch"] == 1 and 0 < last["step_in_epoch"] < 4
-    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "best", "loss_sum", "global_step"):
+    for key in ("model", "optimizer", "scaler", "rng", "best", "loss_sum", "global_step", "lr_step"):
         assert key in last
     assert len(helpers.read_metrics(save)) == lines_before
 
@@ -151,14 +159,14 @@ def test_stop_at_end_of_stage1_then_resume(env, reference_inproc, monkeypatch):
     """A signal during stage 1's last evaluation: last.pt is at the stage boundary; --resume runs stage 2
     with the RNG state of that moment, as the uninterrupted run did."""
     save = env["root"] / "boundary"
-    after_epoch = train.Evaluator.after_epoch
+    end_of_epoch = train.end_of_epoch
 
-    def signal_during_eval(self, model, stage, line, best, train_time):
+    def signal_during_eval(run, model, stage, *rest):
         if stage == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by train.py's handler: sets a flag
-        return after_epoch(self, model, stage, line, best, train_time)
+        return end_of_epoch(run, model, stage, *rest)
 
-    monkeypatch.setattr(train.Evaluator, "after_epoch", signal_during_eval)
+    monkeypatch.setattr(train, "end_of_epoch", signal_during_eval)
     assert train.cli(flags(env, save)) == 128 + signal.SIGTERM
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler was restored

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import helpers
+import predict
 import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -113,8 +114,8 @@ def test_stage2_run(stage2_run):
 def test_evaluate_only_reproduces_dev_stage2(env, stage2_run, monkeypatch):
     out = env["root"] / "eval2"
     used = []
-    predict = train.predict
-    monkeypatch.setattr(train, "predict", lambda *a: used.append(a[-1]) or predict(*a))
+    pass_scores = predict.pass_scores
+    monkeypatch.setattr(predict, "pass_scores", lambda *a: used.append(a[-1]) or pass_scores(*a))
     rc = train.cli(["--evaluate_only", "--load_path", str(stage2_run / "best.pt"), "--data_dir", env["data"]["dir"],
                     "--dev_file", "dev.json", "--test_file", "", "--save_path", str(out),
                     "--cache_dir", env["cache"], "--test_batch_size", "4", "--device", "cpu"])
