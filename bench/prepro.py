@@ -10,46 +10,19 @@ import argparse
 import gc
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run as a script from anywhere: the modules live in the repository root
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (puts the repository root on sys.path)
 
 import prepro  # noqa: E402
 import utils  # noqa: E402
 
+ROOT = common.ROOT
+
 DEFAULT_FILE = os.path.join(ROOT, "..", "shared", "data", "redocred", "train_mini.json")
-
-
-def synthetic_docs(n_docs=400, seed=0):
-    """DocRED-format documents of roughly real size: ~8 sentences of ~24 words, ~20 entities, ~35 facts."""
-    rng = random.Random(seed)
-    vocab = ["the", "city", "river", "was", "founded", "in", "by", "and", "of", "north", "album", "released",
-             "team", "played", "for", "born", "university", "government", "party", "elected", "war", "film"]
-    relations = [k for k in prepro.load_rel2id() if k != "Na"]
-    docs = []
-    for d in range(n_docs):
-        sents = [[rng.choice(vocab).capitalize() if i == 0 else rng.choice(vocab)
-                  for i in range(rng.randint(15, 35))] + ["."] for _ in range(rng.randint(5, 11))]
-        entities = []
-        for _ in range(rng.randint(10, 30)):
-            mentions = []
-            for _ in range(rng.choice([1, 1, 1, 2, 3])):
-                sid = rng.randrange(len(sents))
-                start = rng.randrange(len(sents[sid]) - 1)
-                end = min(start + rng.randint(1, 3), len(sents[sid]))
-                mentions.append({"name": " ".join(sents[sid][start:end]), "pos": [start, end],
-                                 "sent_id": sid, "type": "MISC"})
-            entities.append(mentions)
-        labels = []
-        for _ in range(rng.randint(10, 60)):
-            h, t = rng.sample(range(len(entities)), 2)
-            labels.append({"h": h, "t": t, "r": rng.choice(relations), "evidence": []})
-        docs.append({"title": f"Synthetic {d}", "sents": sents, "vertexSet": entities, "labels": labels})
-    return docs
 
 
 def timed(fn):
@@ -75,7 +48,7 @@ def main():
             path, source = DEFAULT_FILE, "redocred/train_mini.json"
         elif path is None:
             path, source = os.path.join(scratch, "synthetic.json"), "synthetic (400 docs)"
-            utils.atomic_write_json(path, synthetic_docs())
+            utils.atomic_write_json(path, common.synthetic_documents(400))
         load_s, tokenizer = timed(lambda: prepro.load_tokenizer(utils.default_model_path(), "bert"))
 
         def load(cache_dir):
