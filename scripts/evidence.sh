@@ -7,7 +7,8 @@
 # Runs land in OUT/<recipe>/<variant>/s<seed>; a finished run (eval_k4/eval_scores.json exists) is skipped and an
 # interrupted one resumed, so the script can be re-run after a stop. Settings through the environment:
 #   RECIPES="paper authors"   VARIANTS="full"   (also: no_contrastive no_fusion no_eca freeze_base ni1)
-#   DATA=dataset/redocred TRAIN=train_mini.json DEV=dev_mini.json  DATASET=docred  EPOCHS=8  BATCH=4
+#   DATA=dataset/redocred TRAIN=train_mini.json DEV=dev_mini.json TEST= (a labelled test file: scored too)
+#   DATASET=docred  EPOCHS=8  BATCH=4
 #   JOBS=2 (runs at once)  THREADS=1 (CPU threads per run)  EXTRA= (more train.py flags for every run)
 # The stage-1 checkpoint fixes the encoder and the data flags it was trained with (train.py reads them from it).
 set -euo pipefail
@@ -16,10 +17,12 @@ cd "$(dirname "$0")/.."
 CKPT=$1 OUT=$2; shift 2
 SEEDS=("$@")
 RECIPES=${RECIPES:-paper authors} VARIANTS=${VARIANTS:-full}
-DATA=${DATA:-dataset/redocred} TRAIN=${TRAIN:-train_mini.json} DEV=${DEV:-dev_mini.json} DATASET=${DATASET:-docred}
+DATA=${DATA:-dataset/redocred} TRAIN=${TRAIN:-train_mini.json} DEV=${DEV:-dev_mini.json} TEST=${TEST:-}
+DATASET=${DATASET:-docred}
 EPOCHS=${EPOCHS:-8} BATCH=${BATCH:-4} JOBS=${JOBS:-2} THREADS=${THREADS:-1}
 read -r -a extra <<< "${EXTRA:-}"
-data=(--dataset "$DATASET" --data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file '' --threads "$THREADS")
+data=(--dataset "$DATASET" --data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file "$TEST"
+      --threads "$THREADS")
 declare -A flags=([full]="" [no_contrastive]="--contrastive none" [no_fusion]="--no_fusion" [no_eca]="--eca full"
                   [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1")
 
