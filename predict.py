@@ -1,13 +1,30 @@
 """Prediction: the scores of every pass -> decoded relations -> CodaLab format -> dev/test scores.
 
-One path for the per-epoch dev evaluation, `train.py --evaluate_only` and the final predictions of a run.
+One path for the per-epoch dev evaluation, `train.py --evaluate_only`, the final predictions of a run, and
+``Predictor``: relations of new DocRED-format documents, in memory or from the command line:
+
+  python predict.py --checkpoint runs/x/best.pt --input docs.json --output preds.json [--num_iterations K]
+
+writes preds.json (one entry per predicted triple: title, h_idx/t_idx, head/tail entity names, relation id and
+name, and the margin of its score over the threshold class) and result.json next to it (the CodaLab format).
+
+  from predict import Predictor
+  predictor = Predictor.from_checkpoint("runs/x/best.pt")        # device="auto", num_iterations=None (the run's K)
+  triples = predictor.predict(docs)                              # per document, a list of triples
 """
+import argparse
+import json
+import os
+import sys
+
 import numpy as np
 import torch
 
 import evaluation
+import portable
+import prepro
 from losses import get_label
-from utils import autocast, collate_fn, move_to
+from utils import DataError, UsageError, atomic_write_json, autocast, collate_fn, move_to
 
 
 @torch.no_grad()
@@ -85,3 +102,152 @@ def readable(scores, features, num_labels, id2rel, rel_names, docs):
 def entity_name(mentions):
     """The name of an entity: its first mention that has one (mention names are optional in new documents)."""
     return next((m["name"] for m in mentions if isinstance(m.get("name"), str)), None)
+
+
+# ---------------------------------------------------------------- new documents: Predictor and the command line
+def relation_map(args):
+    """rel2id of the classes a run with these flags trains: DocRED's from --rel2id (default meta/rel2id.json),
+    CDR's or GDA's one positive class."""
+    if args.dataset == "docred":
+        return prepro.load_rel2id(args.rel2id)
+    return {"Na": 0, **{name: i for name, i in prepro.BIO_LABELS[args.dataset].items() if i is not None}}
+
+
+def relation_names():
+    """Relation id -> readable name (meta/rel_info.json, e.g. P17 -> country)."""
+    with open(os.path.join(os.path.dirname(prepro.DEFAULT_REL2ID), "rel_info.json")) as fh:
+        return json.load(fh)
+
+
+class Predictor:
+    """A trained model that predicts the relations of DocRED-format documents held in memory.
+
+    Documents are dicts as in DocRED's JSON files: "title" (unique), "sents" (lists of words) and "vertexSet"
+    (per entity, its mentions: "sent_id", "pos" = [first word, last word + 1) in that sentence, and optionally
+    "name" and "type"); "labels" are not needed (and ignored). Bad input raises utils.DataError naming the
+    document (index and title) and the field.
+    """
+
+    def __init__(self, model, tokenizer, args, id2rel, device, amp, num_iterations, batch_size):
+        self.model, self.tokenizer, self.args, self.id2rel = model, tokenizer, args, id2rel
+        self.device, self.amp, self.num_iterations, self.batch_size = device, amp, num_iterations, batch_size
+        self.rel2id = {name: i for i, name in id2rel.items()}
+        self.rel_names = relation_names()
+
+    @classmethod
+    def from_checkpoint(cls, path, device="auto", num_iterations=None, batch_size=None, amp="auto"):
+        """Load best.pt (or best_stage1.pt) of a run, with ``torch.load(weights_only=True)``. A checkpoint that
+        carries its encoder (portable.py) needs neither the encoder folder nor a model hub. device: "auto" (a
+        GPU when there is one), "cpu", "cuda" or a torch.device; num_iterations: K (default: the run's; always
+        0 for a stage-1 checkpoint, whose inference module is untrained); batch_size: documents per forward pass
+        (default: the run's --test_batch_size); amp: as train.py's --amp."""
+        import train  # the flags' defaults, for checkpoints written before a flag existed
+        ckpt = portable.load_weights_only(path)
+        args = train.build_parser().parse_args([])
+        for key, value in ckpt["args"].items():
+            setattr(args, key, value)
+        if ckpt.get("id2rel"):
+            id2rel = {int(i): name for i, name in ckpt["id2rel"].items()}
+        else:
+            id2rel = {i: name for name, i in relation_map(args).items()}
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("device cuda: no CUDA device is available")
+        k = args.num_iterations if num_iterations is None else num_iterations
+        if not isinstance(k, int) or k < 0:
+            raise UsageError(f"num_iterations must be an integer >= 0, got {k!r}")
+        if ckpt.get("stage") == 1:
+            k = 0
+        batch_size = batch_size or args.test_batch_size
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        tokenizer, model = portable.build(args, len(id2rel), ckpt)
+        train.load_weights(model, ckpt["model"], path)
+        model.to(device).eval()
+        return cls(model, tokenizer, args, id2rel, device, train.resolve_amp(amp, device.type), k, batch_size)
+
+    def features(self, docs, source="input"):
+        """prepro features of the documents (labels dropped): the checks and messages of prepro."""
+        if isinstance(docs, list):
+            docs = [{k: v for k, v in d.items() if k != "labels"} if isinstance(d, dict) else d for d in docs]
+        return prepro.docred_features(docs, self.tokenizer, self.args.max_seq_length, self.rel2id, source)
+
+    def scores(self, docs, source="input"):
+        """(features, the scores of passes 0..K of every document): pass_scores, batched by length."""
+        features = self.features(docs, source)
+        return features, pass_scores(self.model, features, self.batch_size, self.device, self.amp,
+                                     self.num_iterations)
+
+    def predict(self, docs, source="input"):
+        """Per document, in input order, the list of its predicted triples: {"h_idx", "t_idx", "head", "tail",
+        "r", "relation", "score"}: entity indices into vertexSet, entity names (the first mention with a name,
+        None without one), the relation id (e.g. "P17") and name ("country"), and the margin of the relation's
+        score over the threshold class (> 0). Documents with fewer than two entities get []. ``source`` names
+        the input in error messages."""
+        features, scores = self.scores(docs, source)
+        rows = readable(scores, features, self.args.num_labels, self.id2rel, self.rel_names,
+                        {d["title"]: d for d in docs})
+        by_title = {}
+        for row in rows:
+            by_title.setdefault(row.pop("title"), []).append(row)
+        return [by_title.get(d["title"], []) for d in docs]
+
+    def official(self, features, scores):
+        """The CodaLab entries (result.json) of the final pass."""
+        return official(scores, features, self.args.num_labels, self.id2rel)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Predict the relations of DocRED-format documents with a trained "
+                                            "checkpoint: writes OUTPUT and result.json (CodaLab) next to it.")
+    p.add_argument("--checkpoint", required=True, help="best.pt of a run")
+    p.add_argument("--input", required=True, help="JSON list of DocRED-format documents (no labels needed)")
+    p.add_argument("--output", required=True, help="predictions file (one entry per predicted triple)")
+    p.add_argument("--num_iterations", type=int, default=None, help="K (default: the run's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch_size", type=int, default=None, help="documents per forward pass (default: the run's)")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing OUTPUT or the result.json next to it")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    result_path = os.path.join(os.path.dirname(args.output), "result.json")
+    if os.path.abspath(args.output) == os.path.abspath(result_path):
+        raise UsageError(f"--output {args.output}: result.json is the CodaLab file written next to the output; "
+                         f"name the output otherwise (e.g. preds.json)")
+    existing = [p for p in (args.output, result_path) if os.path.exists(p)]
+    if existing and not args.overwrite:
+        raise UsageError(f"{', '.join(existing)} already exist(s): pass --overwrite to replace")
+    docs = evaluation.load_docs(args.input)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.num_iterations, args.batch_size,
+                                          args.amp)
+    features, scores = predictor.scores(docs, source=args.input)
+    empty = [f["title"] for f in features if not f["hts"]]
+    if empty:
+        shown = ", ".join(repr(t) for t in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"warning: {args.input}: {len(empty)} document(s) with fewer than 2 entities get no predictions: "
+              f"{shown}", file=sys.stderr)
+    rows = readable(scores, features, predictor.args.num_labels, predictor.id2rel, predictor.rel_names,
+                    {d["title"]: d for d in docs})
+    atomic_write_json(args.output, rows, indent=1)
+    atomic_write_json(result_path, predictor.official(features, scores))
+    print(f"{len(rows)} triples in {len(docs)} documents (K = {predictor.num_iterations}): {args.output}, "
+          f"{result_path}")
+    return 0
+
+
+def cli(argv=None):
+    """Expected failures end with one line on stderr and exit status 2, as with train.py."""
+    try:
+        return main(argv)
+    except (UsageError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

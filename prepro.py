@@ -34,7 +34,8 @@ load_features is the entry point: it reads DocRED-format JSON (DocRED,
 Re-DocRED) or CDR/GDA `.data` files, checks every field it reads (bad input is
 a utils.DataError naming the file, the document and the field), and caches the
 features with what truncation cost, so that the truncation warning appears
-whether the features were built or read from the cache.
+whether the features were built or read from the cache. docred_features does the
+same for documents already in memory (predict.Predictor).
 """
 import contextlib
 import gc
@@ -260,6 +261,27 @@ def _docred_features(raw, path, tokenizer, rel2id, max_seq_length):
         raise utils.DataError(f"{path}: not DocRED JSON (invalid JSON: {evaluation.json_error(e)})") from None
     if not isinstance(data, list):
         raise utils.DataError(f"{path}: not DocRED JSON (expected a list of documents, got {type(data).__name__})")
+    return _featurize(_parse_docred_docs(data, path, rel2id), tokenizer, max_seq_length, path)
+
+
+def docred_features(docs, tokenizer, max_seq_length, rel2id=None, source="input"):
+    """Features of in-memory DocRED-format documents (a list of dicts, as json.load gives them; predict.Predictor).
+
+    The same checks as for a file: bad input is a utils.DataError naming ``source``, the document (its index and
+    title) and the field, e.g. 'input: document 2 ("Lisbon"): vertexSet[1][0].pos: ...'. Documents longer than
+    max_seq_length are truncated, with a warning.
+    """
+    if not isinstance(docs, list):
+        raise utils.DataError(f"{source}: expected a list of documents, got {type(docs).__name__}")
+    with _gc_paused():
+        parsed = _parse_docred_docs(docs, source, rel2id or load_rel2id())
+        features, truncation = _featurize(parsed, tokenizer, max_seq_length, source)
+    _warn_truncation(source, truncation, len(features), max_seq_length)
+    return features
+
+
+def _parse_docred_docs(data, path, rel2id):
+    """Check and flatten a list of DocRED documents (_parse_docred_doc); titles must be unique."""
     if not data:
         raise utils.DataError(f"{path}: no documents (empty list)")
     docs = [_parse_docred_doc(doc, i, path, rel2id) for i, doc in enumerate(data)]
@@ -270,7 +292,7 @@ def _docred_features(raw, path, tokenizer, rel2id, max_seq_length):
         if j != i:
             raise utils.DataError(f"{path}: documents {j} and {i} have the same title "
                                   f"{json.dumps(doc['title'], ensure_ascii=False)}")
-    return _featurize(docs, tokenizer, max_seq_length, path)
+    return docs
 
 
 def _parse_docred_doc(doc, index, path, rel2id):

@@ -7,6 +7,7 @@ Continue an interrupted run (SIGINT/SIGTERM save last.pt): python train.py --res
 Predict new DocRED-format documents (no labels needed) with a trained checkpoint; writes OUT/result.json and a
 readable OUT/predictions.json (title, head/tail entity names, relation id and name, score):
   python train.py --evaluate_only --load_path CKPT --dev_file '' --test_file NEW.json --save_path OUT
+(the same code path as predict.py --checkpoint CKPT --input NEW.json --output PREDS.json, and predict.Predictor)
 """
 import argparse
 import contextlib
@@ -14,9 +15,12 @@ import datetime
 import json
 import math
 import os
+import secrets
 import signal
+import string
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import torch
@@ -27,11 +31,12 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 import evaluation
+import portable
 import predict
 import prepro
-from model import load_model, parse_loss_weights
-from utils import (DataError, UsageError, atomic_write_json, autocast, collate_fn, default_model_path,
-                   load_checkpoint, move_to, rng_state, save_checkpoint, set_rng_state, set_seed)
+from model import parse_loss_weights
+from utils import (DataError, UsageError, atomic_link, atomic_write_json, autocast, collate_fn, load_checkpoint,
+                   move_to, previous_name, rng_state, save_checkpoint, set_rng_state, set_seed)
 
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
@@ -40,7 +45,7 @@ BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_lengt
 INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
                   "contrastive", "classifier_layers", "rel_emb_init", "relation_input", "test_logits")
 # Flags a resumed run may change: how it runs, not what it computes.
-RUNTIME_KEYS = ("num_workers", "threads", "device", "log_every", "wandb", "wandb_project")
+RUNTIME_KEYS = ("num_workers", "threads", "device", "log_every", "wandb", "wandb_project", "keep")
 # --recipe authors: the training recipe of the authors' code (DeepLearnXMU/DocRE-II, see README "Faithfulness");
 # --recipe paper keeps every default. Flags given explicitly override the preset.
 RECIPES = {"paper": {}, "authors": {
@@ -130,6 +135,9 @@ def build_parser():
     a("--load_path", default="", help="checkpoint to evaluate (--evaluate_only) or to start stage 2 from")
     a("--resume", default="", help="SAVE_PATH of an interrupted run: continue from its last.pt")
     a("--overwrite", action="store_true", help="allow replacing outputs already in --save_path")
+    a("--keep", choices=["last", "best"], default="last",
+      help="checkpoints left when the run ends successfully: last = best.pt, best_stage1.pt and last.pt (to "
+           "continue training); best = best.pt only")
     a("--evaluate_only", action="store_true")
     a("--device", choices=["auto", "cpu", "cuda"], default="auto")
     a("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
@@ -376,6 +384,9 @@ class Run:
     id2rel: dict
     wandb: object = None
     signum: int = 0  # the signal that asked to stop (set by the handler; agreed on by all ranks)
+    encoder: dict = None  # the encoder's config and tokenizer files, stored in best.pt (portable.py)
+    best_id: str = ""  # weights_id of best.pt while the model holds exactly its weights (last.pt then refers to it)
+    step_offset: int = 0  # W&B step of the stage's step 0: stage 2 continues after stage 1's steps
 
     def on_signal(self, signum, _frame):
         self.signum = signum
@@ -413,6 +424,7 @@ def train_stage(run, model, stage, features, resume=None):
     pos = Position()
     if resume is not None:
         pos = restore_position(run, resume, optimizer, scaler, stage, steps_per_epoch)
+    run.step_offset = wandb_step_offset(args, stage, steps_per_epoch)
     # The LR schedule is a function of the steps taken: built at that step, nothing of it needs saving.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total * args.warmup_ratio), total,
                                                 last_epoch=pos.lr_step - 1)
@@ -514,7 +526,7 @@ def log_progress(run, bar, pos):
     running = {k: float(v) / steps for k, v in pos.sums.items() if k != "steps"}
     bar.set_postfix(loss=f"{running.get('loss', float('nan')):.4f}")
     if run.wandb:
-        run.wandb.log({f"train/{k}": v for k, v in running.items()}, step=pos.step)
+        run.wandb.log({f"train/{k}": v for k, v in running.items()}, step=run.step_offset + pos.step)
 
 
 def agree_stop(run):
@@ -541,13 +553,10 @@ def end_of_epoch(run, model, stage, pos, optimizer, train_time):
             line["dev_base"] = {m: round(v, 4) for m, v in by_k[0].items()}
         line["best"] = scores["f1"] > pos.best
         append_line(run.out("metrics.jsonl"), line)
+        run.best_id = ""
         if line["best"]:
             pos.best = scores["f1"]
-            best = {"model": model.state_dict(), "args": vars(args), "stage": stage, "epoch": pos.epoch,
-                    "dev": line["dev"]}
-            save_checkpoint(run.out("best.pt"), best)
-            if stage == 1:
-                save_checkpoint(run.out("best_stage1.pt"), best)
+            save_best(run, model, stage, pos.epoch, line["dev"])
         eval_time = time.time() - t0
         append_line(run.out("timing.jsonl"), {"stage": stage, "epoch": pos.epoch, "train_s": round(train_time, 2),
                                               "eval_s": round(eval_time, 2)})
@@ -557,12 +566,30 @@ def end_of_epoch(run, model, stage, pos, optimizer, train_time):
               f"{scores['f1']:.2f}{ign}{extra} best {pos.best:.2f} ({train_time:.0f}s train, {eval_time:.0f}s eval)",
               flush=True)
         if run.wandb:
-            run.wandb.log({"epoch": pos.epoch, "stage": stage, **{f"dev/{m}": v for m, v in scores.items()}})
+            dev_base = {f"dev_base/{m}": v for m, v in by_k[0].items()} if stage == 2 else {}
+            run.wandb.log({"epoch": pos.epoch, "stage": stage, **{f"dev/{m}": v for m, v in scores.items()},
+                           **dev_base}, step=run.step_offset + pos.step)
     barrier()
     if distributed():
         best = torch.tensor([pos.best], dtype=torch.float64, device=run.device)
         dist.broadcast(best, 0)
         pos.best = float(best.item())
+
+
+def save_best(run, model, stage, epoch, dev):
+    """best.pt: the weights (a state dict), flags, dev scores, and what makes it portable (its encoder's config
+    and tokenizer, the relation names: portable.py), loadable with torch.load(weights_only=True). In stage 1,
+    best_stage1.pt is a second name of the same file (no second copy on disk). While last.pt may still refer to
+    the weights of the best.pt being replaced, that file is kept under a hidden name until last.pt is rewritten."""
+    run.best_id = uuid.uuid4().hex
+    best = {"model": model.state_dict(), "args": vars(run.args), "stage": stage, "epoch": epoch, "dev": dev,
+            "encoder": run.encoder, "id2rel": dict(run.id2rel), "weights_id": run.best_id}
+    path = run.out("best.pt")
+    if os.path.exists(path):
+        atomic_link(path, run.out(previous_name("best.pt")))
+    save_checkpoint(path, best)
+    if stage == 1:
+        atomic_link(path, run.out("best_stage1.pt"))
 
 
 def append_line(path, obj):
@@ -579,12 +606,19 @@ def save_last(run, model, optimizer, scaler, stage, pos):
         dist.all_gather_object(gathered, rng)
         rng = gathered
     if run.rank == 0:
+        # At the end of an epoch that was the best, the weights are best.pt's: last.pt refers to them instead of
+        # holding a second copy (utils.load_checkpoint reads them back).
+        same = run.best_id and pos.batch == 0
+        weights = {"model": None, "model_file": "best.pt", "weights_id": run.best_id} if same else \
+            {"model": model.state_dict()}
         save_checkpoint(run.out("last.pt"), {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            **weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng, "stage": stage, "epoch": pos.epoch, "step_in_epoch": pos.batch, "best": pos.best,
             "skipped_steps": pos.skipped, "loss_sum": {k: float(v) for k, v in pos.sums.items()},
             "global_step": pos.step, "lr_step": pos.lr_step,
             "args": vars(run.args), "world_size": run.world})
+        if os.path.exists(run.out(previous_name("best.pt"))):
+            os.remove(run.out(previous_name("best.pt")))
 
 
 def restore_position(run, ckpt, optimizer, scaler, stage, steps_per_epoch):
@@ -645,9 +679,7 @@ def write_predictions(run, model, features, docs, split):
             atomic_write_json(run.out(f"dev_result_k{k}.json"),
                               predict.official(scores, features, args.num_labels, run.id2rel, k))
         if split == "test":
-            with open(os.path.join(os.path.dirname(prepro.DEFAULT_REL2ID), "rel_info.json")) as fh:
-                rel_names = json.load(fh)
-            rows = predict.readable(scores, features, args.num_labels, run.id2rel, rel_names,
+            rows = predict.readable(scores, features, args.num_labels, run.id2rel, predict.relation_names(),
                                     {d["title"]: d for d in docs})
             atomic_write_json(run.out("predictions.json"), rows, indent=1)
     return {str(k): s for k, s in by_k.items()}
@@ -670,16 +702,11 @@ def main(argv=None):
             for name in ("metrics.jsonl", "timing.jsonl"):  # a fresh run (--overwrite) starts its logs anew
                 if os.path.exists(os.path.join(args.save_path, name)):
                     os.remove(os.path.join(args.save_path, name))
-    # None = the bundled encoder; checkpoints record None so that they load on any machine.
-    name = args.model_name_or_path
-    if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
-        raise UsageError(f"--model_name_or_path {name}: no such model folder")
-    tokenizer = prepro.load_tokenizer(args.model_name_or_path or default_model_path(), args.transformer_type)
-    rel2id = prepro.load_rel2id(args.rel2id) if args.dataset == "docred" else \
-        {"Na": 0, **{name: i for name, i in prepro.BIO_LABELS[args.dataset].items() if i is not None}}
+    # The encoder: the one a checkpoint carries (best.pt, portable.py), else --model_name_or_path (None = the
+    # bundled encoder; checkpoints record None so that they load on any machine).
+    rel2id = predict.relation_map(args)
     id2rel = {v: k for k, v in rel2id.items()}
-
-    model = load_model(args, len(rel2id), tokenizer)
+    tokenizer, model = portable.build(args, len(rel2id), ckpt)
     if ckpt is not None:
         from_stage1 = args.load_path and not args.evaluate_only and not args.resume
         load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if from_stage1 else "")
@@ -693,7 +720,9 @@ def main(argv=None):
     train_path = data_path(args, args.train_file) if args.train_file else None
     train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
                                                       and os.path.isfile(train_path)) else None
-    run = Run(args, device, rank, world, dev, dev_docs, train_docs, id2rel)
+    run = Run(args, device, rank, world, dev, dev_docs, train_docs, id2rel,
+              encoder=portable.encoder_record(tokenizer, portable.hf_encoder(model).config)
+              if rank == 0 and not args.evaluate_only else None)
 
     if not args.evaluate_only:
         features, _ = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
@@ -701,12 +730,13 @@ def main(argv=None):
         if train_docs is not None and args.max_train_docs:
             run.train_docs = train_docs[:args.max_train_docs]
         if rank == 0:
-            atomic_write_json(os.path.join(args.save_path, "args.json"), vars(args), indent=1)
             if args.wandb:
-                import wandb
-                run.wandb = wandb.init(project=args.wandb_project, config=vars(args))
+                run.wandb = start_wandb(args)
+            atomic_write_json(os.path.join(args.save_path, "args.json"), vars(args), indent=1)
         code = train_all(run, model, features, ckpt)
         if code:
+            if run.wandb:
+                run.wandb.finish(exit_code=code)
             return code
         if rank == 0:  # only rank 0 predicts, with the best checkpoint
             best = load_checkpoint(os.path.join(args.save_path, "best.pt"))
@@ -726,10 +756,37 @@ def main(argv=None):
         print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
                                   ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
                           for split, s in scores.items()}))
+        if run.wandb:  # the final scores: in the run's summary, and logged once more at the last step
+            final = {f"final/{split}/{m}": v for split, s in scores.items() for m, v in s.items()}
+            run.wandb.summary.update(final)
+            run.wandb.log(final)
+            run.wandb.finish()
+        if not args.evaluate_only and args.keep == "best":
+            for name in ("last.pt", "best_stage1.pt"):
+                if os.path.exists(run.out(name)):
+                    os.remove(run.out(name))
     barrier()
     if distributed():
         dist.destroy_process_group()
     return 0
+
+
+def start_wandb(args):
+    """A W&B run named after --save_path. Its id is kept in the flags (args.json, last.pt), so that --resume
+    continues the same W&B run; WANDB_MODE=offline/disabled work as usual."""
+    import wandb
+    if not getattr(args, "wandb_run_id", None):  # 8 of [a-z0-9], as W&B's own ids (not from the seeded RNGs)
+        args.wandb_run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    run = wandb.init(project=args.wandb_project, name=os.path.normpath(args.save_path), id=args.wandb_run_id,
+                     resume="allow")
+    run.config.update(vars(args), allow_val_change=True)
+    return run
+
+
+def wandb_step_offset(args, stage, steps_per_epoch):
+    """Stage 2's W&B steps continue after stage 1's (W&B drops points logged at a step lower than its last)."""
+    ran_stage1 = not args.skip_stage1 and not args.load_path
+    return steps_per_epoch * args.stage1_epochs if stage == 2 and ran_stage1 else 0
 
 
 def train_all(run, model, features, ckpt):

@@ -96,7 +96,8 @@ def save_checkpoint(path, obj):
 
 
 def load_checkpoint(path):
-    """A checkpoint written by train.py (a dict with "model" and "args"), on the CPU."""
+    """A checkpoint written by train.py (a dict with "model" and "args"), on the CPU. A last.pt whose weights are
+    those of best.pt (it then stores none, "model": None) gets them from there (referenced_weights)."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint not found: {path}")
     try:
@@ -105,7 +106,48 @@ def load_checkpoint(path):
         raise UsageError(f"{path} is not a DocRE-II checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise UsageError(f"{path} is not a DocRE-II checkpoint (no 'model'/'args' entries)")
+    if ckpt["model"] is None and "model_file" in ckpt:
+        ckpt["model"] = referenced_weights(path, ckpt)
     return ckpt
+
+
+def previous_name(name):
+    """Where train.py keeps the previous best.pt while a last.pt may still refer to its weights."""
+    return "." + name + ".prev"
+
+
+def referenced_weights(path, ckpt):
+    """The weights a last.pt refers to: those of the checkpoint ckpt["model_file"] in the same folder (or of its
+    previous version, kept while a new one is written) whose "weights_id" is ckpt["weights_id"]."""
+    folder = os.path.dirname(os.path.abspath(path))
+    name = ckpt["model_file"]
+    for candidate in (name, previous_name(name)):
+        full = os.path.join(folder, candidate)
+        if os.path.isfile(full):
+            try:
+                other = torch.load(full, map_location="cpu", weights_only=True)
+            except Exception:
+                continue
+            if isinstance(other, dict) and other.get("weights_id") == ckpt["weights_id"]:
+                return other["model"]
+    raise UsageError(f"{path}: its weights are those of {name} in the same folder, which is missing or holds "
+                     f"other weights (keep the run folder's files together)")
+
+
+def atomic_link(src, dst):
+    """dst becomes another name of src's file (a hard link: no second copy on disk; a copy where the file
+    system has no hard links), replacing dst atomically. A later atomic write of src (a rename) leaves dst as
+    it was."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, "." + os.path.basename(dst) + ".link.tmp")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 class Pairs(NamedTuple):

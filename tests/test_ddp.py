@@ -126,7 +126,8 @@ def run_single(args):
 
 
 def weights(save):
-    return torch.load(Path(save) / "last.pt", map_location="cpu", weights_only=False)["model"]
+    import train
+    return train.load_checkpoint(str(Path(save) / "last.pt"))["model"]  # last.pt may refer to best.pt's weights
 
 
 def max_diff(a, b):

@@ -1,0 +1,189 @@
+"""predict.Predictor and predict.py's command line on a tiny trained checkpoint, and portable checkpoints: best.pt
+loads with torch.load(weights_only=True) and predicts after being moved to a fresh folder, offline, with the
+encoder folder it was trained from deleted. Predictions equal those of train.py --evaluate_only (one code path)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import helpers
+import predict
+import train
+from utils import DataError, UsageError
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with helpers.one_thread():
+        yield
+
+
+def always_predict(ckpt, rel="P17"):
+    """Large classifier biases: every pair gets ``rel``, with the threshold class second (so that the
+    prediction files have content, with margins of a known sign)."""
+    rid = json.load(open(os.path.join(helpers.ROOT, "meta", "rel2id.json")))[rel]
+    for name in ("base.classifier.bias", "inference.classifier.bias"):
+        ckpt["model"][name][rid] += 1000.0
+        ckpt["model"][name][0] += 500.0
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """1 + 1 epochs with a tiny encoder in its own folder; then best.pt (biased to predict P17 everywhere) is
+    copied to a fresh folder and the encoder folder is deleted: every test below runs without it."""
+    root = tmp_path_factory.mktemp("predict")
+    data = helpers.write_dataset(root / "data", test_labelled=False)
+    encoder = helpers.tiny_model(root / "encoder")
+    run = root / "run"
+    assert train.cli(helpers.train_args(data, encoder, run, root / "cache", stage1=1, stage2=1, lr=3e-3)) == 0
+    fresh = root / "fresh"
+    fresh.mkdir()
+    ckpt = always_predict(torch.load(run / "best.pt", weights_only=True))
+    torch.save(ckpt, fresh / "best.pt")
+    stage1 = always_predict(torch.load(run / "best_stage1.pt", weights_only=True))
+    torch.save(stage1, fresh / "best_stage1.pt")
+    shutil.rmtree(encoder)
+    return {"root": root, "data": data, "run": run, "ckpt": fresh / "best.pt", "stage1": fresh / "best_stage1.pt",
+            "encoder": encoder, "cache": str(root / "cache")}
+
+
+def test_best_pt_is_weights_only_and_carries_its_encoder(env):
+    ckpt = torch.load(env["run"] / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["stage"] == 2 and ckpt["args"]["model_name_or_path"] == str(env["encoder"])
+    assert ckpt["encoder"]["config"]["hidden_size"] == 32 and ckpt["encoder"]["config"]["model_type"] == "bert"
+    assert "tokenizer.json" in ckpt["encoder"]["tokenizer"]
+    assert ckpt["id2rel"][0] == "Na" and len(ckpt["id2rel"]) == 97
+    assert torch.load(env["run"] / "best_stage1.pt", weights_only=True)["stage"] == 1
+
+
+def evaluate_only(env, ckpt, out, test_file, *extra):
+    """train.py --evaluate_only on a test file: its predictions.json and result.json."""
+    assert train.cli(["--evaluate_only", "--load_path", str(ckpt), "--data_dir", env["data"]["dir"], "--dev_file", "",
+                      "--test_file", test_file, "--save_path", str(out), "--cache_dir", env["cache"],
+                      "--amp", "none", "--device", "cpu", *extra]) == 0
+    return json.loads((out / "predictions.json").read_text()), json.loads((out / "result.json").read_text())
+
+
+def test_predictor_equals_evaluate_only(env):
+    """The same triples, names and margins as train.py --evaluate_only (which needs no encoder folder either)."""
+    rows, result = evaluate_only(env, env["ckpt"], env["root"] / "eval", "test.json")
+    docs = json.load(open(env["data"]["test"]))
+    predictor = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none")
+    assert predictor.num_iterations == 2  # the run's K
+    out = predictor.predict(docs)
+    assert len(out) == len(docs)
+    assert [dict(t, title=d["title"]) for d, triples in zip(docs, out) for t in triples] == rows
+    n = [len(d["vertexSet"]) for d in docs]
+    assert [len(t) for t in out] == [k * (k - 1) for k in n]  # every pair gets P17
+    for d, triples in zip(docs, out):
+        for t in triples:
+            assert set(t) == {"h_idx", "t_idx", "head", "tail", "r", "relation", "score"}
+            assert (t["r"], t["relation"]) == ("P17", "country") and t["score"] > 0
+            assert t["head"] == d["vertexSet"][t["h_idx"]][0]["name"]
+    features, scores = predictor.scores(docs)
+    assert predictor.official(features, scores) == result
+
+
+def test_predictor_batching_and_k(env):
+    docs = [helpers.make_doc(700 + i, num_entities=2 + i % 4, labelled=False) for i in range(5)]
+    one = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none", batch_size=1)
+    many = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none", batch_size=4)
+    a, b = one.predict(docs), many.predict(docs)
+    assert [[(t["h_idx"], t["t_idx"], t["r"]) for t in x] for x in a] == \
+        [[(t["h_idx"], t["t_idx"], t["r"]) for t in x] for x in b]
+    assert all(abs(s["score"] - t["score"]) < 1e-3 for x, y in zip(a, b) for s, t in zip(x, y))
+    # K = 0 is the base module; a stage-1 checkpoint always predicts with K = 0
+    assert predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", num_iterations=0).num_iterations == 0
+    assert predict.Predictor.from_checkpoint(str(env["stage1"]), device="cpu", num_iterations=3).num_iterations == 0
+
+
+def test_names_optional_and_small_documents(env):
+    predictor = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none")
+    doc = helpers.make_doc(800, num_entities=3, labelled=False)
+    for entity in doc["vertexSet"]:
+        for m in entity:
+            del m["name"], m["type"]
+    single = helpers.make_doc(801, num_entities=1, labelled=False)
+    labelled = helpers.make_doc(802, num_entities=2)  # labels are ignored
+    labelled["labels"].append({"h": 0, "t": 1, "r": "not a relation"})
+    out = predictor.predict([doc, single, labelled])
+    assert len(out[0]) == 6 and all(t["head"] is None and t["tail"] is None for t in out[0])
+    assert out[1] == [] and len(out[2]) == 2
+
+
+@pytest.mark.parametrize("bad,words", [
+    (lambda d: d["vertexSet"][1][0].update(pos=[5, 99]), ["vertexSet[1][0].pos", "[5, 99]"]),
+    (lambda d: d.pop("sents"), ["missing key 'sents'"]),
+    (lambda d: d["vertexSet"][0][0].update(sent_id=7), ["vertexSet[0][0].sent_id", "7"]),
+], ids=["pos", "sents", "sent_id"])
+def test_bad_document_names_document_and_field(env, bad, words):
+    predictor = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu")
+    docs = [helpers.make_doc(900, labelled=False), helpers.make_doc(901, labelled=False)]
+    bad(docs[1])
+    with pytest.raises(DataError) as e:
+        predictor.predict(docs, source="my docs")
+    assert str(e.value).startswith('my docs: document 1 ("Doc 901"): ')
+    for word in words:
+        assert word in str(e.value)
+    with pytest.raises(DataError, match="expected a list of documents"):
+        predictor.predict({"title": "x"})
+
+
+def test_cli_in_a_fresh_folder_offline(env, tmp_path):
+    """The documented command in a folder holding only best.pt and the documents, offline, encoder folder gone."""
+    shutil.copy(env["ckpt"], tmp_path / "best.pt")
+    shutil.copy(env["data"]["test"], tmp_path / "docs.json")
+    cmd = [sys.executable, str(helpers.ROOT / "predict.py"), "--checkpoint", "best.pt", "--input", "docs.json",
+           "--output", "preds.json", "--amp", "none"]
+    env_vars = helpers.subprocess_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env_vars, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, result = evaluate_only(env, env["ckpt"], env["root"] / "eval_cli", "test.json")
+    assert json.loads((tmp_path / "preds.json").read_text()) == rows
+    assert json.loads((tmp_path / "result.json").read_text()) == result
+    # outputs are not replaced without --overwrite; bad input is one line naming the file and the document
+    (tmp_path / "bad.json").write_text(json.dumps([{"title": "T", "sents": [["a"]], "vertexSet": [[{}]]}]))
+    assert predict.cli(["--checkpoint", str(tmp_path / "best.pt"), "--input", str(tmp_path / "docs.json"),
+                        "--output", str(tmp_path / "preds.json")]) == 2
+    assert predict.cli(["--checkpoint", str(tmp_path / "best.pt"), "--input", str(tmp_path / "bad.json"),
+                        "--output", str(tmp_path / "p2.json"), "--overwrite"]) == 2
+
+
+def test_cli_errors_are_one_line(env, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text(json.dumps([{"title": "T", "sents": [["a"]], "vertexSet": [[{}]]}]))
+    assert predict.cli(["--checkpoint", str(env["ckpt"]), "--input", str(tmp_path / "bad.json"),
+                        "--output", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f'error: {tmp_path / "bad.json"}: document 0 ("T"): vertexSet[0][0]: expected a mention ' \
+                      f"with 'pos' and 'sent_id'"
+    assert not (tmp_path / "p.json").exists()
+    # last.pt is no weights-only checkpoint: the message says which file to use
+    with pytest.raises(UsageError, match="weights-only"):
+        predict.Predictor.from_checkpoint(str(env["run"] / "last.pt"))
+
+
+def test_old_style_checkpoint(env, tmp_path):
+    """A best.pt without the encoder entry (as written before it existed) still loads, from the encoder folder."""
+    ckpt = torch.load(env["ckpt"], weights_only=True)
+    for key in ("encoder", "id2rel", "weights_id"):
+        del ckpt[key]
+    torch.save(ckpt, tmp_path / "old.pt")
+    docs = json.load(open(env["data"]["test"]))
+    with pytest.raises(UsageError, match="no such model folder"):
+        predict.Predictor.from_checkpoint(str(tmp_path / "old.pt"), device="cpu")
+    helpers.tiny_model(env["encoder"])  # the same folder again (same seed, same tokenizer)
+    try:
+        old = predict.Predictor.from_checkpoint(str(tmp_path / "old.pt"), device="cpu", amp="none").predict(docs)
+        rows, _ = evaluate_only(env, tmp_path / "old.pt", tmp_path / "eval", "test.json")
+    finally:
+        shutil.rmtree(env["encoder"])
+    new = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none").predict(docs)
+    assert old == new
+    assert rows == [dict(t, title=d["title"]) for d, triples in zip(docs, new) for t in triples]
