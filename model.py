@@ -12,13 +12,16 @@ authors' code (``Recipe.authors()``): relations built from the gold labels, nois
 sample of negatives, losses on those pairs only, weights 5 : 5 : 5 : 1, a one-sided contrastive target, and
 the sum of every pass's logits as the test-time score.
 """
+import os
+import tempfile
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from base_module import BaseModule, load_encoder
+import prepro
+from base_module import BaseModule, encoder_from_config, load_encoder
 from inference_module import InferenceModule
 from losses import at_loss, get_label, simclr_loss, simsiam_loss
 from utils import Pairs, UsageError, default_model_path
@@ -136,6 +139,19 @@ def load_model(args, num_class, tokenizer):
     except OSError as e:
         raise UsageError(f"cannot load encoder {args.model_name_or_path!r}: {e}") from e
     return build_model(args, num_class, encoder, start, end)
+
+
+def load_weights(model, state, path, prefix=""):
+    """Load (a prefix of) a state dict; a shape mismatch means another encoder or number of classes."""
+    target = getattr(model, prefix.rstrip(".")) if prefix else model
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[0:3])
+        raise UsageError(f"{path} does not fit this model (other encoder or number of classes?): {first[:400]}") \
+            from e
 
 
 class DocREModel(nn.Module):
@@ -289,3 +305,68 @@ class DocREModel(nn.Module):
         feats, logits = self.base_forward(batch, pairs)
         return [logits] + self.inference.iterate(feats, logits, pairs, num_iterations, self.decode,
                                                  accumulate=self.recipe.test_logits == "sum")
+
+
+# ---------------------------------------------------------------- portable checkpoints
+# best.pt carries what it needs to be used on another machine, offline. Besides the weights (a state dict), the
+# flags and the dev scores it holds "encoder" (the encoder's config, config.to_dict(), and its tokenizer's files
+# as bytes: the model is rebuilt without the folder or hub name it was trained from) and "id2rel" (the relation
+# ids and names of the classes), all of types that torch.load(path, weights_only=True) accepts, so loading it runs
+# no pickled code. Checkpoints without "encoder" are still read: their encoder comes from --model_name_or_path.
+
+def encoder_record(tokenizer, config):
+    """The "encoder" entry of best.pt: {"config": dict, "tokenizer": {file name: bytes}, "name_or_path": str}."""
+    files = {}
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    files[name] = f.read()
+    return {"config": config.to_dict(), "tokenizer": files, "name_or_path": tokenizer.name_or_path}
+
+
+def tokenizer_from_record(record, transformer_type="bert"):
+    """The tokenizer saved in an "encoder" entry. It keeps the name it was trained under, so that the feature
+    cache (keyed on that name and the tokenizer's content) is shared with the training run's."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in record["tokenizer"].items():
+            with open(os.path.join(folder, os.path.basename(name)), "wb") as f:
+                f.write(data)
+        tokenizer = prepro.load_tokenizer(folder, transformer_type)
+    tokenizer.name_or_path = record.get("name_or_path") or tokenizer.name_or_path
+    return tokenizer
+
+
+def encoder_from_record(record, attention="eager"):
+    """The encoder of an "encoder" entry, with random weights (the checkpoint's state dict replaces them), in
+    float32 like base_module.load_encoder."""
+    from transformers import AutoConfig
+    config = dict(record["config"])
+    try:
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"the checkpoint's encoder config cannot be read ({type(e).__name__}: {e})") from e
+    return encoder_from_config(config, attention).float()
+
+
+def tokenizer_and_model(args, num_class, ckpt=None):
+    """(tokenizer, model) for ``args``: from the checkpoint's "encoder" entry when it has one (no encoder folder
+    or hub needed), else from --model_name_or_path (default: the bundled encoder), with pre-trained weights."""
+    record = (ckpt or {}).get("encoder")
+    if record is None:
+        name = args.model_name_or_path
+        if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
+            raise UsageError(f"--model_name_or_path {name}: no such model folder")
+        tokenizer = prepro.load_tokenizer(name or default_model_path(), args.transformer_type)
+        return tokenizer, load_model(args, num_class, tokenizer)
+    tokenizer = tokenizer_from_record(record, args.transformer_type)
+    start = [tokenizer.cls_token_id]
+    end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
+    return tokenizer, build_model(args, num_class, encoder_from_record(record, args.attention), start, end)
+
+
+def hf_encoder(model):
+    """The Hugging Face encoder inside a DocREModel (its .config is what encoder_record stores)."""
+    return model.base.encoder.encoder

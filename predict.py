@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 import evaluation
-import portable
 import prepro
 from losses import get_label
-from utils import DataError, UsageError, atomic_write_json, autocast, collate_fn, move_to
+from model import load_weights, tokenizer_and_model
+from utils import (DataError, UsageError, atomic_write_json, autocast, collate_fn, load_weights_only, move_to,
+                   resolve_amp)
 
 
 @torch.no_grad()
@@ -137,15 +138,13 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path, device="auto", num_iterations=None, batch_size=None, amp="auto"):
         """Load best.pt (or best_stage1.pt) of a run, with ``torch.load(weights_only=True)``. A checkpoint that
-        carries its encoder (portable.py) needs neither the encoder folder nor a model hub. device: "auto" (a
+        carries its encoder (see model.py, portable checkpoints) needs neither the encoder folder nor a model
+        hub. device: "auto" (a
         GPU when there is one), "cpu", "cuda" or a torch.device; num_iterations: K (default: the run's; always
         0 for a stage-1 checkpoint, whose inference module is untrained); batch_size: documents per forward pass
         (default: the run's --test_batch_size); amp: as train.py's --amp."""
-        import train  # the flags' defaults, for checkpoints written before a flag existed
-        ckpt = portable.load_weights_only(path)
-        args = train.build_parser().parse_args([])
-        for key, value in ckpt["args"].items():
-            setattr(args, key, value)
+        ckpt = load_weights_only(path)
+        args = argparse.Namespace(**ckpt["args"])
         if ckpt.get("id2rel"):
             id2rel = {int(i): name for i, name in ckpt["id2rel"].items()}
         else:
@@ -163,10 +162,14 @@ class Predictor:
         batch_size = batch_size or args.test_batch_size
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-        tokenizer, model = portable.build(args, len(id2rel), ckpt)
-        train.load_weights(model, ckpt["model"], path)
+        try:
+            tokenizer, model = tokenizer_and_model(args, len(id2rel), ckpt)
+        except AttributeError as e:  # a flag this version reads is missing from an older checkpoint
+            raise UsageError(f"{path} was written by an older version (no --{e.name}): evaluate it with "
+                             f"train.py --evaluate_only --load_path {path}, which fills in the defaults") from e
+        load_weights(model, ckpt["model"], path)
         model.to(device).eval()
-        return cls(model, tokenizer, args, id2rel, device, train.resolve_amp(amp, device.type), k, batch_size)
+        return cls(model, tokenizer, args, id2rel, device, resolve_amp(amp, device.type), k, batch_size)
 
     def features(self, docs, source="input"):
         """prepro features of the documents (labels dropped): the checks and messages of prepro."""

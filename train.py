@@ -15,9 +15,7 @@ import datetime
 import json
 import math
 import os
-import secrets
 import signal
-import string
 import sys
 import time
 import uuid
@@ -31,12 +29,11 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 import evaluation
-import portable
 import predict
 import prepro
-from model import parse_loss_weights
+from model import encoder_record, hf_encoder, load_weights, parse_loss_weights, tokenizer_and_model
 from utils import (DataError, UsageError, atomic_link, atomic_write_json, autocast, collate_fn, load_checkpoint,
-                   move_to, previous_name, rng_state, save_checkpoint, set_rng_state, set_seed)
+                   move_to, previous_name, resolve_amp, rng_state, save_checkpoint, set_rng_state, set_seed)
 
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
@@ -218,18 +215,6 @@ def resolve_args(argv):
     return args, ckpt
 
 
-def resolve_amp(amp, device_type):
-    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX),
-    else none. Losses and entity pooling stay in float32 under autocast."""
-    if amp != "auto":
-        return amp
-    if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if native else "none"
-
-
 def validate_args(args):
     """Out-of-range flags end the run before anything is written."""
     checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
@@ -349,19 +334,6 @@ def train_loader(features, args, rank, world, epoch_key):
 
 
 # ---------------------------------------------------------------- model
-def load_weights(model, state, path, prefix=""):
-    """Load (a prefix of) a state dict; a shape mismatch means another encoder or number of classes."""
-    target = getattr(model, prefix.rstrip(".")) if prefix else model
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        target.load_state_dict(state)
-    except RuntimeError as e:
-        first = " ".join(str(e).strip().splitlines()[0:3])
-        raise UsageError(f"{path} does not fit this model (other encoder or number of classes?): {first[:400]}") \
-            from e
-
-
 # ---------------------------------------------------------------- the training loop
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived: last.pt was saved at a step boundary."""
@@ -384,7 +356,7 @@ class Run:
     id2rel: dict
     wandb: object = None
     signum: int = 0  # the signal that asked to stop (set by the handler; agreed on by all ranks)
-    encoder: dict = None  # the encoder's config and tokenizer files, stored in best.pt (portable.py)
+    encoder: dict = None  # the encoder's config and tokenizer files, stored in best.pt (model.py, portable checkpoints)
     best_id: str = ""  # weights_id of best.pt while the model holds exactly its weights (last.pt then refers to it)
     step_offset: int = 0  # W&B step of the stage's step 0: stage 2 continues after stage 1's steps
 
@@ -578,7 +550,7 @@ def end_of_epoch(run, model, stage, pos, optimizer, train_time):
 
 def save_best(run, model, stage, epoch, dev):
     """best.pt: the weights (a state dict), flags, dev scores, and what makes it portable (its encoder's config
-    and tokenizer, the relation names: portable.py), loadable with torch.load(weights_only=True). In stage 1,
+    and tokenizer, the relation names: model.py), loadable with torch.load(weights_only=True). In stage 1,
     best_stage1.pt is a second name of the same file (no second copy on disk). While last.pt may still refer to
     the weights of the best.pt being replaced, that file is kept under a hidden name until last.pt is rewritten."""
     run.best_id = uuid.uuid4().hex
@@ -702,11 +674,11 @@ def main(argv=None):
             for name in ("metrics.jsonl", "timing.jsonl"):  # a fresh run (--overwrite) starts its logs anew
                 if os.path.exists(os.path.join(args.save_path, name)):
                     os.remove(os.path.join(args.save_path, name))
-    # The encoder: the one a checkpoint carries (best.pt, portable.py), else --model_name_or_path (None = the
+    # The encoder: the one a checkpoint carries (best.pt, model.py), else --model_name_or_path (None = the
     # bundled encoder; checkpoints record None so that they load on any machine).
     rel2id = predict.relation_map(args)
     id2rel = {v: k for k, v in rel2id.items()}
-    tokenizer, model = portable.build(args, len(rel2id), ckpt)
+    tokenizer, model = tokenizer_and_model(args, len(rel2id), ckpt)
     if ckpt is not None:
         from_stage1 = args.load_path and not args.evaluate_only and not args.resume
         load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if from_stage1 else "")
@@ -721,7 +693,7 @@ def main(argv=None):
     train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
                                                       and os.path.isfile(train_path)) else None
     run = Run(args, device, rank, world, dev, dev_docs, train_docs, id2rel,
-              encoder=portable.encoder_record(tokenizer, portable.hf_encoder(model).config)
+              encoder=encoder_record(tokenizer, hf_encoder(model).config)
               if rank == 0 and not args.evaluate_only else None)
 
     if not args.evaluate_only:
@@ -776,7 +748,7 @@ def start_wandb(args):
     continues the same W&B run; WANDB_MODE=offline/disabled work as usual."""
     import wandb
     if not getattr(args, "wandb_run_id", None):  # 8 of [a-z0-9], as W&B's own ids (not from the seeded RNGs)
-        args.wandb_run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        args.wandb_run_id = uuid.uuid4().hex[:8]  # stored in args.json and last.pt: --resume continues this run
     run = wandb.init(project=args.wandb_project, name=os.path.normpath(args.save_path), id=args.wandb_run_id,
                      resume="allow")
     run.config.update(vars(args), allow_val_change=True)

@@ -53,6 +53,18 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def resolve_amp(amp, device_type):
+    """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX),
+    else none. Losses and entity pooling stay in float32 under autocast."""
+    if amp != "auto":
+        return amp
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "none"
+
+
 def autocast(amp, device):
     """torch.autocast for --amp bf16/fp16 (resolved, not "auto"); a no-op for none."""
     if amp == "none":
@@ -221,3 +233,17 @@ def collate_fn(features):
 def move_to(batch, device):
     """Move the tensors of a batch to ``device`` (non-blocking: the loaders use pinned memory on CUDA)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def load_weights_only(path):
+    """A checkpoint loaded with weights_only=True (no pickled code runs), on the CPU."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path} is not a weights-only DocRE-II checkpoint such as best.pt "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "args" not in ckpt:
+        raise UsageError(f"{path} is not a DocRE-II checkpoint with weights (best.pt, best_stage1.pt)")
+    return ckpt

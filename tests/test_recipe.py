@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import helpers
 import train
+import utils
 from losses import at_loss, get_label, simsiam_loss
 from model import choose, sample_negatives, sampled_noise
 from test_model import C, build, make_batch
@@ -209,13 +210,13 @@ def test_bad_loss_weights_are_a_usage_error(bad, tmp_path, capsys):
 
 def test_amp_auto(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert train.resolve_amp("auto", "cpu") == "bf16"
+    assert utils.resolve_amp("auto", "cpu") == "bf16"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert train.resolve_amp("auto", "cpu") == "none"
-    assert train.resolve_amp("none", "cpu") == "none" and train.resolve_amp("bf16", "cpu") == "bf16"
+    assert utils.resolve_amp("auto", "cpu") == "none"
+    assert utils.resolve_amp("none", "cpu") == "none" and utils.resolve_amp("bf16", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert train.resolve_amp("auto", "cuda") == "bf16"
+    assert utils.resolve_amp("auto", "cuda") == "bf16"
 
 
 def test_authors_recipe_trains_both_stages(tmp_path):
