@@ -1,9 +1,11 @@
 """Train and evaluate DocRE-II: stage 1 (base module), stage 2 (whole model), then dev/test predictions.
 
-Reads top to bottom: flags -> data -> model -> the training loop (one function per stage, one per step) ->
-final predictions. One process, or one per GPU under torchrun (DistributedDataParallel).
+Reads top to bottom: flags -> the save path (one run at a time) -> data -> model -> the training loop
+(one function per stage, one per step) -> final predictions. One process, or one per GPU under torchrun
+(DistributedDataParallel).
 
-Continue an interrupted run (SIGINT/SIGTERM save last.pt): python train.py --resume SAVE_PATH
+Continue an interrupted or crashed run (SIGINT/SIGTERM save last.pt, as does every epoch):
+  python train.py --resume SAVE_PATH
 Predict new DocRED-format documents (no labels needed) with a trained checkpoint; writes OUT/result.json and a
 readable OUT/predictions.json (title, head/tail entity names, relation id and name, score):
   python train.py --evaluate_only --load_path CKPT --dev_file '' --test_file NEW.json --save_path OUT
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -26,14 +29,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import AutoConfig, get_linear_schedule_with_warmup
 
 import evaluation
 import predict
 import prepro
 from model import encoder_record, hf_encoder, load_weights, parse_loss_weights, tokenizer_and_model
-from utils import (DataError, UsageError, atomic_link, atomic_write_json, autocast, collate_fn, load_checkpoint,
-                   move_to, previous_name, resolve_amp, rng_state, save_checkpoint, set_rng_state, set_seed)
+from utils import (DataError, OutputError, UsageError, atomic_link, atomic_write_json, autocast, collate_fn,
+                   default_model_path, load_checkpoint, move_to, previous_name, read_lines, resolve_amp, rng_state,
+                   save_checkpoint, set_rng_state, set_seed, write_lines)
 
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
@@ -49,7 +53,14 @@ RECIPES = {"paper": {}, "authors": {
     "train_relations": "gold", "relation_input": "multihot", "noise_on": "sampled", "negative_ratio": 5,
     "loss_weights": "5,5,5,1", "contrastive_target": "stopgrad", "test_logits": "sum", "rel_emb_init": "xavier",
     "classifier_layers": 2, "weight_decay": 1e-4, "stage2_base_params": "encoder"}}
+# Outputs of an earlier run that a new one replaces only with --overwrite (--evaluate_only: EVAL_OUTPUTS).
 OUTPUTS = ("metrics.jsonl", "best.pt", "last.pt", "result.json", "dev_result.json", "predictions.json")
+EVAL_OUTPUTS = ("result.json", "dev_result.json", "predictions.json", "eval_scores.json")
+LOGS = ("metrics.jsonl", "timing.jsonl")  # one line per epoch each
+LOCK_FILE = "run.lock"  # in --save_path while a run uses it
+# --transformer_type of the encoder families whose config.json model_type says which one they are.
+TOKENIZER_FAMILY = {"bert": "bert", "distilbert": "bert", "electra": "bert", "roberta": "roberta",
+                    "xlm-roberta": "roberta", "camembert": "roberta", "longformer": "roberta"}
 
 
 # ---------------------------------------------------------------- flags
@@ -220,7 +231,7 @@ def validate_args(args):
     checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
               ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
               ("adam_epsilon", 0), ("max_grad_norm", 0), ("max_train_docs", 0),
-              ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0), ("threads", 0)]
+              ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0), ("threads", 0), ("num_workers", 0)]
     for name, low in checks:
         if getattr(args, name) < low:
             raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -244,8 +255,20 @@ def validate_args(args):
         raise UsageError(f"--negative_ratio must be >= 0, got {args.negative_ratio}")
     if args.inference_dim % (4 * args.eca_heads_per_line):
         raise UsageError(f"--inference_dim {args.inference_dim} must be divisible by 4 x --eca_heads_per_line")
+    if not 0 <= args.seed < 2 ** 31:  # numpy takes seeds below 2**32; the run adds up to a few thousand to it
+        raise UsageError(f"--seed must be in [0, 2**31), got {args.seed}")
     if args.evaluate_only and not args.load_path:
         raise UsageError("--evaluate_only needs --load_path CHECKPOINT")
+    if not args.evaluate_only and not args.resume:
+        # The base module is trained by stage 1, or comes trained from --load_path.
+        no_stage1 = bool(args.skip_stage1 or args.load_path or args.stage1_epochs == 0)
+        if no_stage1 and args.stage2_epochs == 0:
+            why = "--stage1_epochs and --stage2_epochs are both 0" if args.stage1_epochs == 0 else \
+                f"--stage2_epochs is 0 and {'--skip_stage1' if args.skip_stage1 else '--load_path'} skips stage 1"
+            raise UsageError(f"nothing to train: {why}")
+        if args.freeze_base and no_stage1 and not args.load_path:
+            raise UsageError("--freeze_base would keep the base module as initialised: nothing trains it before "
+                             "stage 2 (--skip_stage1 or --stage1_epochs 0, and no --load_path)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
 
@@ -288,6 +311,140 @@ def all_max(values, device):
     return t.tolist()
 
 
+# ---------------------------------------------------------------- the save path: one run at a time
+@contextlib.contextmanager
+def claimed(save_path):
+    """Hold --save_path for this run: LOCK_FILE, created atomically, names the process, host and start time, and
+    a second run is refused with them. Creating it is also the check, before anything is loaded, that the folder
+    can be written. Released on the way out (errors and signals included); a folder this run created is removed
+    again when the run wrote nothing into it (bad input leaves no trace)."""
+    created = not os.path.isdir(save_path)
+    try:
+        os.makedirs(save_path, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
+    path = os.path.join(save_path, LOCK_FILE)
+    mine = take_lock(path, save_path)
+    try:
+        yield
+    finally:
+        if read_lock(path) == mine:
+            with contextlib.suppress(OSError):  # never hide the error that ends the run
+                os.remove(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(save_path)  # only when empty
+
+
+def take_lock(path, save_path):
+    """Create the lock file (O_CREAT | O_EXCL: of two runs, one succeeds). A lock whose process is gone (same
+    host, no such pid) is taken over with a warning; another host's cannot be checked and is respected."""
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    for _ in range(5):  # another run may take or give up the lock between two tries
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lock(path)
+            if holder == {}:
+                raise UsageError(f"{save_path} is in use by another run (lock file {path}, unreadable: being "
+                                 f"written, or left by a crash: delete it if no run uses this folder)") from None
+            if holder is not None and not lock_is_stale(holder):
+                raise UsageError(f"{save_path} is in use by another run: process {holder.get('pid')} on "
+                                 f"{holder.get('host')}, started {holder.get('started')} (lock file {path}: delete "
+                                 f"it if that run is no longer running)") from None
+            if holder is not None:
+                print(f"warning: {path}: process {holder['pid']} on {holder['host']} (started "
+                      f"{holder.get('started')}) is no longer running: taking over its lock", file=sys.stderr)
+                remove_stale_lock(path, holder)
+            continue
+        except OSError as e:
+            raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
+        try:
+            os.write(fd, json.dumps(mine).encode("utf-8"))
+            os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            os.remove(path)
+            raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
+        os.close(fd)
+        return mine
+    raise UsageError(f"{save_path} is in use by another run (lock file {path} keeps changing)")
+
+
+def read_lock(path):
+    """The holder recorded in a lock file, None when there is none; {} when it is unreadable (being written)."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def lock_is_stale(holder):
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists (another user's)
+        return False
+    return False
+
+
+def remove_stale_lock(path, holder):
+    """Rename the stale lock aside, then delete it. Should another run have replaced it meanwhile (it took over
+    first), the renamed file is that run's live lock: it is put back (os.link: unless yet another run has created
+    one since)."""
+    aside = f"{path}.{os.getpid()}.stale"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if read_lock(aside) != holder:
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    os.remove(aside)
+
+
+def check_save_path(args):
+    """Outputs of an earlier run are replaced only with --overwrite; --resume continues them."""
+    if args.resume:
+        return
+    files = EVAL_OUTPUTS if args.evaluate_only else OUTPUTS
+    existing = [f for f in files if os.path.exists(os.path.join(args.save_path, f))]
+    if existing and not args.overwrite:
+        resumable = not args.evaluate_only and os.path.exists(os.path.join(args.save_path, "last.pt"))
+        raise UsageError(f"{args.save_path} already holds {', '.join(existing)}: pass --overwrite to replace"
+                         + (f", --resume {args.save_path} to continue" if resumable else "")
+                         + ", or another --save_path")
+
+
+def start_outputs(run, ckpt):
+    """Rank 0, once every input has been read and checked: the first change to --save_path. --resume brings the
+    logs (and best.pt) back to what last.pt saw; a new training run starts its logs anew (check_save_path let
+    it replace old ones only with --overwrite) and records its flags."""
+    args = run.args
+    if args.evaluate_only:
+        return
+    if args.resume:
+        restore_logs(run, ckpt)
+    else:
+        for name in LOGS:
+            try:
+                os.remove(run.out(name))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise OutputError(f"cannot remove {run.out(name)}: {e.strerror or e}") from e
+    atomic_write_json(run.out("args.json"), vars(args), indent=1)
+
+
 # ---------------------------------------------------------------- data
 def data_path(args, name):
     return name if os.path.isabs(name) or os.path.exists(name) else os.path.join(args.data_dir, name)
@@ -316,6 +473,56 @@ def load_split(args, name, tokenizer, rel2id, limit):
     return feats, docs
 
 
+@dataclass
+class Inputs:
+    """The tokenized splits ([] when not used) and the documents the scorer reads (DocRED format; else None)."""
+    dev: list
+    dev_docs: list
+    test: list
+    test_docs: list
+    train: list
+    train_docs: list
+
+
+def load_inputs(args, tokenizer, rel2id):
+    """Every data file, read and checked before anything in --save_path changes: dev and test first (an error in
+    them shows before the long training set is read), the gold the scorer will read, then the training set."""
+    dev, dev_docs = load_split(args, args.dev_file, tokenizer, rel2id, args.max_eval_docs) if args.dev_file \
+        else ([], None)
+    test, test_docs = load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs) if args.test_file \
+        else ([], None)
+    train_path = data_path(args, args.train_file) if args.train_file else None
+    train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
+                                                      and os.path.isfile(train_path)) else None
+    if train_docs is not None and args.max_train_docs and not args.evaluate_only:
+        train_docs = train_docs[:args.max_train_docs]  # Ign F1 against the documents trained on
+    if args.dev_file:
+        check_gold(args, args.dev_file, dev, dev_docs, train_docs, required=not args.evaluate_only)
+    if args.test_file:
+        check_gold(args, args.test_file, test, test_docs, train_docs, required=False)
+    train = []
+    if not args.evaluate_only:
+        train, _ = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
+        train = [f for f in train if f["hts"]]  # documents without pairs add nothing to the loss
+    return Inputs(dev, dev_docs, test, test_docs, train, train_docs)
+
+
+def check_gold(args, name, features, docs, train_docs, required):
+    """A split that will be scored is checked now as the scorer reads it (every mention's name and sentence id,
+    the labels; the train documents' mention names for Ign F1), so that a bad file fails at start, named, and
+    not after an epoch of training. ``required``: the split must have labels (dev, when training selects its
+    checkpoints by dev F1)."""
+    path = data_path(args, name)
+    if not predict.labelled(args.dataset, features, docs):
+        if required:
+            raise DataError(f"{path}: no document has relation labels: training needs a labelled --dev_file "
+                            f"(checkpoints are selected by dev F1)")
+        return
+    if args.dataset == "docred":
+        train_path = data_path(args, args.train_file) if args.train_file else None
+        evaluation.docred_scores([], docs, train_docs, gold_path=path, train_path=train_path)
+
+
 def _looks_like_json(path):
     with open(path, "rb") as f:
         head = f.read(64).lstrip()
@@ -334,6 +541,46 @@ def train_loader(features, args, rank, world, epoch_key):
 
 
 # ---------------------------------------------------------------- model
+def check_encoder(args):
+    """--model_name_or_path must name a model (a config.json that loads) of --transformer_type's family. Checked
+    before the save path is touched and any data is read."""
+    name = args.model_name_or_path  # None = the bundled encoder; checkpoints record None to load on any machine
+    if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
+        raise UsageError(f"--model_name_or_path {name}: no such model folder")
+    path = name or default_model_path()
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # a missing or broken file, an unknown model type, a field of the wrong type, ...
+        raise UsageError(f"--model_name_or_path {path}: not a model: cannot load its config.json "
+                         f"({type(e).__name__}: {first_line(e)})") from e
+    family = TOKENIZER_FAMILY.get(config.model_type)
+    if family and family != args.transformer_type:
+        # The family decides the special tokens around a document and how words are tokenized: the wrong one
+        # runs, but on inputs the encoder never saw in pre-training.
+        raise UsageError(f"--transformer_type {args.transformer_type} does not fit {path}, a {config.model_type} "
+                         f"model: use --transformer_type {family}")
+
+
+def first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def prepare_model(args, ckpt, num_class, device):
+    """(tokenizer, model) of the flags: the encoder a portable checkpoint carries (best.pt, model.py), else
+    --model_name_or_path; with the weights of the checkpoint the run continues (--resume), evaluates, or starts
+    stage 2 from (--load_path of a stage-1 checkpoint: its base module)."""
+    try:
+        tokenizer, model = tokenizer_and_model(args, num_class, ckpt)
+    except ValueError as e:  # e.g. no tokenizer file that the fast tokenizer can be built from
+        raise UsageError(f"--model_name_or_path {args.model_name_or_path or default_model_path()}: cannot load "
+                         f"its tokenizer ({first_line(e)})") from e
+    if ckpt is not None:
+        from_stage1 = args.load_path and not args.evaluate_only and not args.resume
+        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if from_stage1 else "")
+    return tokenizer, model.to(device)
+
+
 # ---------------------------------------------------------------- the training loop
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived: last.pt was saved at a step boundary."""
@@ -359,6 +606,9 @@ class Run:
     encoder: dict = None  # the encoder's config and tokenizer files, stored in best.pt (model.py, portable checkpoints)
     best_id: str = ""  # weights_id of best.pt while the model holds exactly its weights (last.pt then refers to it)
     step_offset: int = 0  # W&B step of the stage's step 0: stage 2 continues after stage 1's steps
+    # Lines in each log (LOGS) that belong to the run so far: last.pt records them, so that --resume can cut off
+    # the lines of an epoch that a crash made it repeat.
+    logged: dict = field(default_factory=lambda: dict.fromkeys(LOGS, 0))
 
     def on_signal(self, signum, _frame):
         self.signum = signum
@@ -396,6 +646,8 @@ def train_stage(run, model, stage, features, resume=None):
     pos = Position()
     if resume is not None:
         pos = restore_position(run, resume, optimizer, scaler, stage, steps_per_epoch)
+    else:  # a fresh stage: last.pt now, so that a crash before its first epoch ends can be resumed as well
+        save_last(run, model, optimizer, scaler, stage, pos)
     run.step_offset = wandb_step_offset(args, stage, steps_per_epoch)
     # The LR schedule is a function of the steps taken: built at that step, nothing of it needs saving.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total * args.warmup_ratio), total,
@@ -443,9 +695,18 @@ def train_stage(run, model, stage, features, resume=None):
                 bar.close()  # so that the stop message gets a line of its own
                 raise StopRequested()
         bar.close()
-        end_of_epoch(run, model, stage, pos, optimizer, time.time() - t0)
+        record = end_of_epoch(run, model, stage, pos, optimizer, time.time() - t0)
         pos.epoch, pos.batch = epoch + 1, 0
-        save_last(run, model, optimizer, scaler, stage, pos)
+        # best.pt first (the one it replaces kept aside while last.pt may refer to it), then last.pt holding the
+        # epoch's record, then the epoch's lines. After a crash in between, --resume writes the record's lines
+        # again (restore_logs): an epoch is never trained twice once it is logged, nor logged twice.
+        if run.rank == 0:
+            run.best_id = ""  # the model's weights are best.pt's only right after save_best
+            if record["best"] is not None:
+                save_best(run, model, record["best"])
+        save_last(run, model, optimizer, scaler, stage, pos, record)
+        if run.rank == 0:
+            write_logs(run, record)
         if agree_stop(run) and epoch + 1 < epochs:
             raise StopRequested()
 
@@ -508,12 +769,15 @@ def agree_stop(run):
 
 
 def end_of_epoch(run, model, stage, pos, optimizer, train_time):
-    """Rank 0: dev scores (K passes in stage 2), the metrics line, best.pt; then every rank learns the best."""
+    """Rank 0: dev scores (K passes in stage 2) and the epoch's record: its metrics and timing lines and, if it is
+    the best epoch so far, best.pt's fields besides the weights (write_epoch writes them once last.pt holds the
+    record). Every rank then learns the best F1. Returns the record (None on the other ranks)."""
     args = run.args
     line = {"stage": stage, "epoch": pos.epoch, "step": pos.step, "lr": [g["lr"] for g in optimizer.param_groups],
             "skipped_steps": pos.skipped}
     steps = float(pos.sums.get("steps", 0.0)) or 1.0
     line.update({f"train_{k}": round(float(v) / steps, 6) for k, v in pos.sums.items() if k != "steps"})
+    record = None
     if run.rank == 0:
         t0 = time.time()
         k = 0 if stage == 1 else args.num_iterations
@@ -524,14 +788,14 @@ def end_of_epoch(run, model, stage, pos, optimizer, train_time):
             line["dev_by_k"] = {str(i): round(s["f1"], 4) for i, s in by_k.items()}
             line["dev_base"] = {m: round(v, 4) for m, v in by_k[0].items()}
         line["best"] = scores["f1"] > pos.best
-        append_line(run.out("metrics.jsonl"), line)
-        run.best_id = ""
         if line["best"]:
             pos.best = scores["f1"]
-            save_best(run, model, stage, pos.epoch, line["dev"])
         eval_time = time.time() - t0
-        append_line(run.out("timing.jsonl"), {"stage": stage, "epoch": pos.epoch, "train_s": round(train_time, 2),
-                                              "eval_s": round(eval_time, 2)})
+        record = {"metrics.jsonl": line,
+                  "timing.jsonl": {"stage": stage, "epoch": pos.epoch, "train_s": round(train_time, 2),
+                                   "eval_s": round(eval_time, 2)},
+                  "best": {"args": dict(vars(args)), "stage": stage, "epoch": pos.epoch, "dev": line["dev"]}
+                  if line["best"] else None}
         extra = "" if stage == 1 else f" base_f1 {by_k[0]['f1']:.2f}"
         ign = f" ign_f1 {scores['ign_f1']:.2f}" if "ign_f1" in scores else ""
         print(f"stage {stage} epoch {pos.epoch}: loss {line.get('train_loss', float('nan')):.4f} dev f1 "
@@ -546,32 +810,37 @@ def end_of_epoch(run, model, stage, pos, optimizer, train_time):
         best = torch.tensor([pos.best], dtype=torch.float64, device=run.device)
         dist.broadcast(best, 0)
         pos.best = float(best.item())
+    return record
 
 
-def save_best(run, model, stage, epoch, dev):
+def save_best(run, model, fields):
     """best.pt: the weights (a state dict), flags, dev scores, and what makes it portable (its encoder's config
     and tokenizer, the relation names: model.py), loadable with torch.load(weights_only=True). In stage 1,
     best_stage1.pt is a second name of the same file (no second copy on disk). While last.pt may still refer to
     the weights of the best.pt being replaced, that file is kept under a hidden name until last.pt is rewritten."""
     run.best_id = uuid.uuid4().hex
-    best = {"model": model.state_dict(), "args": vars(run.args), "stage": stage, "epoch": epoch, "dev": dev,
-            "encoder": run.encoder, "id2rel": dict(run.id2rel), "weights_id": run.best_id}
+    best = {"model": model.state_dict(), **fields, "encoder": run.encoder, "id2rel": dict(run.id2rel),
+            "weights_id": run.best_id}
     path = run.out("best.pt")
     if os.path.exists(path):
         atomic_link(path, run.out(previous_name("best.pt")))
     save_checkpoint(path, best)
-    if stage == 1:
+    if fields["stage"] == 1:
         atomic_link(path, run.out("best_stage1.pt"))
 
 
-def append_line(path, obj):
-    with open(path, "a") as fh:
-        fh.write(json.dumps(obj) + "\n")
+def write_logs(run, record):
+    """Rank 0: an epoch's line in each log, written as the lines of the epochs before it plus this one, so that
+    writing a record again (--resume after a crash) changes nothing that was already written."""
+    for name in LOGS:
+        write_lines(run.out(name), read_lines(run.out(name))[:run.logged[name]], record[name])
+        run.logged[name] += 1
 
 
 # ---------------------------------------------------------------- checkpoints for --resume
-def save_last(run, model, optimizer, scaler, stage, pos):
-    """last.pt: everything --resume needs (every rank's RNG state; rank 0 writes it)."""
+def save_last(run, model, optimizer, scaler, stage, pos, record=None):
+    """last.pt: everything --resume needs (every rank's RNG state; rank 0 writes it), the number of log lines of
+    the run so far and, at the end of an epoch, the epoch's record (end_of_epoch)."""
     rng = rng_state()
     if distributed():
         gathered = [None] * run.world
@@ -588,17 +857,45 @@ def save_last(run, model, optimizer, scaler, stage, pos):
             "rng": rng, "stage": stage, "epoch": pos.epoch, "step_in_epoch": pos.batch, "best": pos.best,
             "skipped_steps": pos.skipped, "loss_sum": {k: float(v) for k, v in pos.sums.items()},
             "global_step": pos.step, "lr_step": pos.lr_step,
-            "args": vars(run.args), "world_size": run.world})
+            "args": vars(run.args), "world_size": run.world, "logged": dict(run.logged), "record": record})
         if os.path.exists(run.out(previous_name("best.pt"))):
             os.remove(run.out(previous_name("best.pt")))
+
+
+def check_resume_world(ckpt, world):
+    """A last.pt saved mid-epoch continues only with the world size that saved it: the batches already used in
+    that epoch cannot be mapped onto another number of ranks (at an epoch boundary any world size will do)."""
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != world and ckpt["step_in_epoch"]:
+        raise UsageError(f"last.pt was saved mid-epoch by a run with world size {saved_world}: resume it with "
+                         f"{saved_world} processes (this run has {world})")
+
+
+def restore_logs(run, ckpt):
+    """--resume: the logs and best.pt as last.pt left them. Lines after the ones it counted (epochs a crash made
+    this run repeat) are cut, and the record of the epoch it closed, which a crash may have cut short, is written
+    again."""
+    counts = ckpt.get("logged")
+    if counts is None:  # a last.pt of an earlier version, saved after the logs: they are taken as they are
+        run.logged = {name: len(read_lines(run.out(name))) for name in LOGS}
+        return
+    lines = {name: read_lines(run.out(name)) for name in LOGS}
+    for name in LOGS:
+        if len(lines[name]) < counts[name]:
+            raise UsageError(f"{run.out(name)} has {len(lines[name])} lines, but last.pt was saved after "
+                             f"{counts[name]}: it was changed since")
+    run.logged = dict(counts)
+    if ckpt.get("record"):  # best.pt was written before last.pt: only the record's lines can be missing
+        write_logs(run, ckpt["record"])
+    else:
+        for name in LOGS:
+            if len(lines[name]) > counts[name]:
+                write_lines(run.out(name), lines[name][:counts[name]])
 
 
 def restore_position(run, ckpt, optimizer, scaler, stage, steps_per_epoch):
     """Optimiser, scaler and RNG states and the position of a stage from last.pt."""
     saved_world = ckpt.get("world_size", 1)
-    if saved_world != run.world and ckpt["step_in_epoch"]:
-        raise UsageError(f"last.pt was saved mid-epoch by a run with world size {saved_world}: resume it with "
-                         f"{saved_world} processes (this run has {run.world})")
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
     pos = Position(epoch=ckpt["epoch"], batch=ckpt["step_in_epoch"], best=ckpt["best"], step=ckpt["global_step"],
@@ -627,13 +924,6 @@ def restore_rng(saved, rank, world, reseed):
         set_seed(reseed + rank)
 
 
-def check_save_path(args, files):
-    existing = [f for f in files if os.path.exists(os.path.join(args.save_path, f))]
-    if existing and not args.overwrite:
-        raise UsageError(f"{args.save_path} already holds {', '.join(existing)}: pass --overwrite to replace, "
-                         f"--resume {args.save_path} to continue, or another --save_path")
-
-
 # ---------------------------------------------------------------- final predictions
 def write_predictions(run, model, features, docs, split):
     """Predict a split; score it when it has labels. Writes result.json (test) or dev_result.json plus
@@ -657,86 +947,72 @@ def write_predictions(run, model, features, docs, split):
     return {str(k): s for k, s in by_k.items()}
 
 
+def final_predictions(run, model, inputs):
+    """Rank 0: dev and test predictions of the best checkpoint (with --evaluate_only: of the one loaded), and
+    eval_scores.json: {"dev": final-pass scores, "dev_by_k": {"0": scores after pass 0 (the base module), ...,
+    "K": the final pass}, and the same for "test" when it has labels}."""
+    args = run.args
+    if not args.evaluate_only:
+        best = load_checkpoint(run.out("best.pt"))
+        model.load_state_dict(best["model"])
+        if best["stage"] == 1:
+            args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
+    scores, by_k = {}, {}
+    for split, feats, docs in (("dev", inputs.dev, inputs.dev_docs), ("test", inputs.test, inputs.test_docs)):
+        if feats:
+            by_k[split] = write_predictions(run, model, feats, docs, split)
+            scores[split] = by_k[split].get(str(args.num_iterations), {})
+    atomic_write_json(run.out("eval_scores.json"), {**scores, **{f"{s}_by_k": b for s, b in by_k.items() if b}},
+                      indent=1)
+    print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
+                              ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
+                      for split, s in scores.items()}))
+    if run.wandb:  # the final scores: in the run's summary, and logged once more at the last step
+        final = {f"final/{split}/{m}": v for split, s in scores.items() for m, v in s.items()}
+        run.wandb.summary.update(final)
+        run.wandb.log(final)
+        run.wandb.finish()
+    if not args.evaluate_only and args.keep == "best":
+        for name in ("last.pt", "best_stage1.pt"):
+            if os.path.exists(run.out(name)):
+                os.remove(run.out(name))
+
+
 # ---------------------------------------------------------------- main
 def main(argv=None):
     args, ckpt = resolve_args(argv)
+    if not (ckpt or {}).get("encoder"):  # a portable checkpoint carries its encoder: no folder to check
+        check_encoder(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, rank, world = init_distributed(args)
+    if args.resume:
+        check_resume_world(ckpt, world)
     set_seed(args.seed + rank)
-    if rank == 0:
-        if args.evaluate_only:
-            check_save_path(args, ("result.json", "dev_result.json", "predictions.json", "eval_scores.json"))
-        elif not args.resume:
-            check_save_path(args, OUTPUTS)
-        os.makedirs(args.save_path, exist_ok=True)
-        if not args.evaluate_only and not args.resume:
-            for name in ("metrics.jsonl", "timing.jsonl"):  # a fresh run (--overwrite) starts its logs anew
-                if os.path.exists(os.path.join(args.save_path, name)):
-                    os.remove(os.path.join(args.save_path, name))
-    # The encoder: the one a checkpoint carries (best.pt, model.py), else --model_name_or_path (None = the
-    # bundled encoder; checkpoints record None so that they load on any machine).
-    rel2id = predict.relation_map(args)
-    id2rel = {v: k for k, v in rel2id.items()}
-    tokenizer, model = tokenizer_and_model(args, len(rel2id), ckpt)
-    if ckpt is not None:
-        from_stage1 = args.load_path and not args.evaluate_only and not args.resume
-        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if from_stage1 else "")
-    model.to(device)
-
-    # Dev and test are read (and checked) now, not after hours of training.
-    dev, dev_docs = load_split(args, args.dev_file, tokenizer, rel2id, args.max_eval_docs) if args.dev_file \
-        else ([], None)
-    test, test_docs = load_split(args, args.test_file, tokenizer, rel2id, args.max_eval_docs) if args.test_file \
-        else ([], None)
-    train_path = data_path(args, args.train_file) if args.train_file else None
-    train_docs = evaluation.load_docs(train_path) if (args.dataset == "docred" and train_path
-                                                      and os.path.isfile(train_path)) else None
-    run = Run(args, device, rank, world, dev, dev_docs, train_docs, id2rel,
-              encoder=encoder_record(tokenizer, hf_encoder(model).config)
-              if rank == 0 and not args.evaluate_only else None)
-
-    if not args.evaluate_only:
-        features, _ = load_split(args, args.train_file, tokenizer, rel2id, args.max_train_docs)
-        features = [f for f in features if f["hts"]]  # documents without pairs add nothing to the loss
-        if train_docs is not None and args.max_train_docs:
-            run.train_docs = train_docs[:args.max_train_docs]
+    # Rank 0 alone holds the save path and writes to it (other nodes need not see it). Until start_outputs, after
+    # every input has been read and checked, nothing in it changes.
+    with claimed(args.save_path) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
-            if args.wandb:
-                run.wandb = start_wandb(args)
-            atomic_write_json(os.path.join(args.save_path, "args.json"), vars(args), indent=1)
-        code = train_all(run, model, features, ckpt)
-        if code:
-            if run.wandb:
-                run.wandb.finish(exit_code=code)
-            return code
+            check_save_path(args)
+        rel2id = predict.relation_map(args)
+        tokenizer, model = prepare_model(args, ckpt, len(rel2id), device)
+        inputs = load_inputs(args, tokenizer, rel2id)  # dev and test are checked now, not after hours of training
+        run = Run(args, device, rank, world, inputs.dev, inputs.dev_docs, inputs.train_docs,
+                  {v: k for k, v in rel2id.items()},
+                  encoder=encoder_record(tokenizer, hf_encoder(model).config)
+                  if rank == 0 and not args.evaluate_only else None)
+        if rank == 0:
+            if args.wandb and not args.evaluate_only:
+                run.wandb = start_wandb(args)  # before args.json: it records the W&B run id for --resume
+            start_outputs(run, ckpt)
+        if not args.evaluate_only:
+            code = train_all(run, model, inputs.train, ckpt)
+            if code:
+                if run.wandb:
+                    run.wandb.finish(exit_code=code)
+                return code
         if rank == 0:  # only rank 0 predicts, with the best checkpoint
-            best = load_checkpoint(os.path.join(args.save_path, "best.pt"))
-            model.load_state_dict(best["model"])
-            if best["stage"] == 1:
-                args.num_iterations = 0  # no stage 2 was run: the inference module is untrained
-    if rank == 0:
-        scores, by_k = {}, {}
-        for split, feats, docs in (("dev", dev, dev_docs), ("test", test, test_docs)):
-            if feats:
-                by_k[split] = write_predictions(run, model, feats, docs, split)
-                scores[split] = by_k[split].get(str(args.num_iterations), {})
-        # eval_scores.json: {"dev": final-pass scores, "dev_by_k": {"0": scores after pass 0 (the base
-        # module), ..., "K": the final pass}, and the same for "test" when it has labels}
-        atomic_write_json(os.path.join(args.save_path, "eval_scores.json"),
-                          {**scores, **{f"{s}_by_k": b for s, b in by_k.items() if b}}, indent=1)
-        print(json.dumps({split: {k: round(v, 4) for k, v in s.items() if k in
-                                  ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")}
-                          for split, s in scores.items()}))
-        if run.wandb:  # the final scores: in the run's summary, and logged once more at the last step
-            final = {f"final/{split}/{m}": v for split, s in scores.items() for m, v in s.items()}
-            run.wandb.summary.update(final)
-            run.wandb.log(final)
-            run.wandb.finish()
-        if not args.evaluate_only and args.keep == "best":
-            for name in ("last.pt", "best_stage1.pt"):
-                if os.path.exists(run.out(name)):
-                    os.remove(run.out(name))
+            final_predictions(run, model, inputs)
     barrier()
     if distributed():
         dist.destroy_process_group()
@@ -769,8 +1045,6 @@ def train_all(run, model, features, ckpt):
     if args.resume:
         stages = [s for s in stages if s >= ckpt["stage"]]
     stages = [s for s in stages if (args.stage1_epochs if s == 1 else args.stage2_epochs) > 0]
-    if not stages:
-        raise UsageError("nothing to train: --stage1_epochs and --stage2_epochs are both 0")
     handlers = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for stage in stages:
@@ -786,8 +1060,10 @@ def train_all(run, model, features, ckpt):
             if stage == 1 and args.stage2_epochs > 0 and run.rank == 0:
                 # Stage 2 starts from the best stage-1 weights, as the authors do. Rank 0 alone reads them (other
                 # nodes need not see save_path): stage 2's DDP broadcasts them to the other ranks.
-                model.load_state_dict(load_checkpoint(run.out("best_stage1.pt"))["model"])
+                best = load_checkpoint(run.out("best_stage1.pt"))
+                model.load_state_dict(best["model"])
                 model.to(run.device)
+                run.best_id = best["weights_id"]  # stage 2's first last.pt refers to these weights (no copy)
     except StopRequested:
         if run.rank == 0:
             print(f"{signal.Signals(run.signum).name}: stopped; state saved to {run.out('last.pt')} "
@@ -799,19 +1075,35 @@ def train_all(run, model, features, ckpt):
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which stops at the next step boundary instead, last.pt saved)."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def cli(argv=None):
-    """Entry point: expected failures end with one line on stderr and exit status 2, never a traceback."""
+    """Entry point: expected failures end with one line on stderr and exit status 2, never a traceback. SIGTERM
+    outside the training loop ends the run as SIGINT does (KeyboardInterrupt), so that the lock is released."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return main(argv)
-    except (UsageError, DataError) as e:
+    except (UsageError, DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # SIGINT outside the training loop (which saves last.pt instead)
+    except KeyboardInterrupt:
         print("error: interrupted by SIGINT", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Terminated:
+        print("error: interrupted by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:  # in-process callers (tests) get their own handler back
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

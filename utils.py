@@ -1,5 +1,5 @@
-"""Small shared helpers: errors, seeding and RNG states, atomic writes and checkpoints, autocast, the default
-encoder path, and the batch layout (Pairs, collate_fn)."""
+"""Small shared helpers: errors, seeding and RNG states, atomic writes (checkpoints, JSON, JSON-lines logs),
+autocast, the default encoder path, and the batch layout (Pairs, collate_fn)."""
 import contextlib
 import io
 import json
@@ -18,6 +18,11 @@ class DataError(ValueError):
 
 class UsageError(ValueError):
     """Bad flag, missing file or incompatible checkpoint: reported in one line, exit status 2."""
+
+
+class OutputError(OSError):
+    """A file could not be written (read-only folder, full disk, ...): the message names the file and the cause.
+    An OSError, so that callers for whom a write is optional (the feature cache) still catch it as one."""
 
 
 def default_model_path():
@@ -73,10 +78,14 @@ def autocast(amp, device):
 
 
 def atomic_write_bytes(path, data):
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file, and a
+    failed write (OutputError naming ``path``) leaves the previous file as it was."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -84,9 +93,11 @@ def atomic_write_bytes(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -98,6 +109,24 @@ def _umask():
 
 def atomic_write_json(path, obj, indent=None):
     atomic_write_bytes(path, json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8"))
+
+
+def read_lines(path):
+    """The lines (bytes, with their newlines) of a JSON-lines log; [] when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise OutputError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def write_lines(path, lines, *objects):
+    """Rewrite a JSON-lines log as ``lines`` (from read_lines) followed by ``objects``, atomically: the logs are
+    small, and a crash then leaves the old file or the new one, never a torn line."""
+    new = [json.dumps(obj).encode("utf-8") + b"\n" for obj in objects]
+    atomic_write_bytes(path, b"".join(list(lines) + new))
 
 
 def save_checkpoint(path, obj):

@@ -69,11 +69,13 @@ def test_train_with_amp_on_cpu(tmp_path, amp):
 
 
 def test_wandb_disabled_mode(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     data = helpers.write_dataset(tmp_path / "data")
     model = helpers.tiny_model(tmp_path / "model")
     code = train.cli(helpers.train_args(data, model, tmp_path / "run", tmp_path / "cache", "--wandb", stage1=1))
+    wandb.teardown()  # later tests set their own WANDB_* variables
     assert code == 0
     assert len(helpers.read_metrics(tmp_path / "run")) == 1

@@ -60,7 +60,7 @@ def check_no_duplicates(folder):
 
 
 def test_no_two_files_with_the_same_weights(env, monkeypatch):
-    """Checked after every last.pt write (every epoch) of a 2 + 2 epoch run, and at its end."""
+    """Checked after every last.pt write (each stage's start, every epoch) of a 2 + 2 epoch run, and at its end."""
     save = env["root"] / "run"
     seen = []
     save_last = train.save_last
@@ -72,9 +72,10 @@ def test_no_two_files_with_the_same_weights(env, monkeypatch):
     monkeypatch.setattr(train, "save_last", checked)
     args = helpers.train_args(env["data"], env["model"], save, env["cache"], stage1=2, stage2=2, lr=3e-3)
     assert train.cli(args) == 0
-    assert len(seen) == 4
+    assert len(seen) == 6  # at the start of each stage and at the end of each of its 2 epochs
+    assert list(seen[0].values()) == [["last.pt"]]
     # stage 1 epoch 0 is always the best so far: best.pt and best_stage1.pt are one file (two names)
-    assert sorted(seen[0].values()) == [["best.pt", "best_stage1.pt"], ["last.pt"]]
+    assert sorted(seen[1].values()) == [["best.pt", "best_stage1.pt"], ["last.pt"]]
     # from stage 2 on they are different files
     assert ["best.pt"] in seen[-1].values() and ["best_stage1.pt"] in seen[-1].values()
     check_no_duplicates(save)

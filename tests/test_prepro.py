@@ -148,7 +148,7 @@ def test_overlapping_mentions_features(tmp_path, tokenizer, rel2id):
     assert len(distinct) == 4 and f["input_ids"].count(star) == 8
     markers = [i for span in distinct for i in span]
     assert len(set(markers)) == len(markers)  # no marker serves two distinct mentions
-    (s0, e0), (s1, e1), (s2, e2) = pos[0], pos[1], pos[2]
+    (s0, e0), (s1, e1), (s2, _) = pos[0], pos[1], pos[2]
     assert s0 < s1 < e1 < e0  # "New York" nested inside "New York City"
     assert e0 < s2  # the adjacent mention opens after "New York City" closes
     assert len(f["hts"]) == 5 * 4

@@ -4,6 +4,7 @@ non-finite steps, bad input (one-line `error: ...`, exit status 2), and predicti
 Runs use made-up documents and a tiny random BERT (tests/helpers.py). The interruption tests run
 train.py as a real subprocess whose train_step is wrapped to take at least half a second (SLOW_TRAIN).
 """
+import errno
 import json
 import os
 import shutil
@@ -122,14 +123,12 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     proc = subprocess.Popen(cmd, cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=helpers.subprocess_env())
     try:
-        metrics = save / "metrics.jsonl"
+        timing = save / "timing.jsonl"
         deadline = time.time() + 240
-        last_pt = save / "last.pt"
         while time.time() < deadline and proc.poll() is None:
-            # the epoch's metrics line is written, then last.pt (after best.pt): only then has the next
-            # epoch begun, however slow the checkpoint writes are on a loaded machine
-            if (metrics.exists() and len(metrics.read_text().splitlines()) >= lines_before and last_pt.exists()
-                    and last_pt.stat().st_mtime_ns >= metrics.stat().st_mtime_ns):
+            # an epoch ends with last.pt, best.pt, its metrics line, then its timing line: only then has the
+            # next epoch begun, however slow the checkpoint writes are on a loaded machine
+            if timing.exists() and len(timing.read_text().splitlines()) >= lines_before:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -148,6 +147,7 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     for key in ("model", "optimizer", "scaler", "rng", "best", "loss_sum", "global_step", "lr_step"):
         assert key in last
     assert len(helpers.read_metrics(save)) == lines_before
+    assert not (save / train.LOCK_FILE).exists()  # released on the way out
 
     proc = helpers.run_train(["--resume", str(save)])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -174,6 +174,26 @@ def test_stop_at_end_of_stage1_then_resume(env, reference_inproc, monkeypatch):
     assert (last["stage"], last["epoch"], last["step_in_epoch"]) == (1, 1, 0)
     assert train.cli(["--resume", str(save)]) == 0
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
+
+
+def test_sigterm_during_final_predictions_then_resume(env, reference_inproc, tmp_path, monkeypatch, capsys):
+    save = tmp_path / "run"
+    write_predictions = train.write_predictions
+
+    def signal_first(*a):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return write_predictions(*a)
+
+    monkeypatch.setattr(train, "write_predictions", signal_first)
+    capsys.readouterr()
+    assert train.cli(flags(env, save)) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    assert last_line(capsys.readouterr().err) == "error: interrupted by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert not (save / train.LOCK_FILE).exists() and not (save / "result.json").exists()
+    assert train.cli(["--resume", str(save)]) == 0
+    assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
+    assert (save / "result.json").read_text() == (reference_inproc / "result.json").read_text()
 
 
 def test_resume_without_last_pt(tmp_path, capsys):
@@ -271,6 +291,14 @@ def bad_cases(env, ckpt, tmp):
     single = [helpers.make_doc(400, num_entities=1), helpers.make_doc(401, num_entities=0, labelled=False)]
     no_pairs = helpers.write_docs(tmp, "no_pairs.json", single)
     dup = helpers.write_docs(tmp, "dup.json", [helpers.make_doc(0), helpers.make_doc(1), helpers.make_doc(0)])
+    empty_model = tmp / "empty_model"
+    empty_model.mkdir()
+    broken_model = tmp / "broken_model"  # the tokenizer files are there, config.json names no model type
+    shutil.copytree(env["model"], broken_model)
+    write(broken_model / "config.json", '{"hidden_size": 32}')
+    wrong_config = tmp / "wrong_config"  # a field of the wrong type
+    shutil.copytree(env["model"], wrong_config)
+    write(wrong_config / "config.json", '{"model_type": "bert", "hidden_size": "big"}')
     return {
         "missing_data_file": (train_flags("--train_file", "nope.json"),
                               ["data file not found", os.path.join(data["dir"], "nope.json")]),
@@ -294,13 +322,29 @@ def bad_cases(env, ckpt, tmp):
         "negative_lr": (train_flags("--encoder_lr", "-0.1"), ["--encoder_lr", "-0.1"]),
         "negative_num_iterations": (train_flags("--num_iterations", "-1"), ["--num_iterations", "-1"]),
         "resume_not_a_run": (["--resume", str(tmp)], ["checkpoint not found", str(tmp / "last.pt")]),
+        "negative_seed": (train_flags("--seed", "-1"), ["--seed", "-1"]),
+        "negative_num_workers": (train_flags("--num_workers", "-1"), ["--num_workers", "-1"]),
+        "empty_model_folder": (train_flags("--model_name_or_path", str(empty_model)),
+                               ["--model_name_or_path", str(empty_model), "config.json"]),
+        "broken_model_config": (train_flags("--model_name_or_path", str(broken_model)),
+                                ["--model_name_or_path", str(broken_model), "config.json"]),
+        "wrong_model_config": (train_flags("--model_name_or_path", str(wrong_config)),
+                               ["--model_name_or_path", str(wrong_config), "config.json", "hidden_size"]),
+        "nothing_to_train": (train_flags("--stage1_epochs", "0", "--stage2_epochs", "0"),
+                             ["nothing to train", "--stage1_epochs", "--stage2_epochs"]),
+        "freeze_base_without_stage1": (train_flags("--freeze_base", "--skip_stage1"),
+                                       ["--freeze_base", "--skip_stage1"]),
+        "roberta_type_on_bert_model": (train_flags("--transformer_type", "roberta"),
+                                       ["--transformer_type roberta", env["model"], "bert"]),
     }
 
 
 BAD_CASES = ["missing_data_file", "missing_model_folder", "cdr_file_as_docred", "docred_file_as_cdr",
              "fewer_classes_flag", "fewer_classes_weights", "other_encoder_flag", "other_encoder_weights",
              "not_a_checkpoint", "no_document_with_two_entities", "duplicated_titles", "negative_lr",
-             "negative_num_iterations", "resume_not_a_run"]
+             "negative_num_iterations", "resume_not_a_run", "negative_seed", "negative_num_workers",
+             "empty_model_folder", "broken_model_config", "wrong_model_config", "nothing_to_train",
+             "freeze_base_without_stage1", "roberta_type_on_bert_model"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -314,8 +358,9 @@ def test_bad_input_one_line_error(env, reference_inproc, tmp_path, capsys, case)
     assert len(errors) == 1 and errors[0] == last_line(err), err[-2000:]
     for word in words:
         assert word in errors[0], (word, errors[0])
-    out = tmp_path / "out"  # nothing was trained or predicted
-    assert not any((out / name).exists() for name in train.OUTPUTS)
+    out = tmp_path / "out"  # nothing was trained, predicted or even created: the save path is left as it was
+    assert not out.exists()
+    assert not (tmp_path / train.LOCK_FILE).exists()
 
 
 def test_bad_input_subprocess_exit_status(env, tmp_path):
@@ -340,6 +385,7 @@ def test_existing_outputs_need_overwrite(env, reference_inproc, tmp_path, capsys
     assert train.cli(flags(env, save)) == 2
     msg = last_line(capsys.readouterr().err)
     assert msg.startswith(f"error: {save} already holds metrics.jsonl, best.pt") and "--overwrite" in msg
+    assert f"--resume {save}" in msg  # it has a last.pt to continue from
     # a bad input on top changes nothing either
     assert train.cli(flags(env, save, "--train_file", "nope.json")) == 2
     # --evaluate_only into a folder that holds predictions
@@ -347,6 +393,14 @@ def test_existing_outputs_need_overwrite(env, reference_inproc, tmp_path, capsys
                       "--save_path", str(save), "--cache_dir", env["cache"]]) == 2
     assert "already holds result.json" in last_line(capsys.readouterr().err)
     assert snapshot(save) == before
+    assert not (save / train.LOCK_FILE).exists()
+    # without last.pt there is nothing to resume: --resume is not suggested
+    no_last = tmp_path / "no_last"
+    shutil.copytree(save, no_last)
+    os.remove(no_last / "last.pt")
+    assert train.cli(flags(env, no_last)) == 2
+    msg = last_line(capsys.readouterr().err)
+    assert msg.startswith(f"error: {no_last} already holds metrics.jsonl") and "--resume" not in msg, msg
     # with --overwrite the run starts anew: same seed, same metrics
     assert train.cli(flags(env, save, "--overwrite")) == 0
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
@@ -424,3 +478,310 @@ def test_predict_new_documents(env, reference_inproc, tmp_path):
         assert row["relation"] == "country" and row["score"] > 0
     scores = json.loads((out / "eval_scores.json").read_text())
     assert scores == {"test": {}}  # no labels: nothing to score
+
+
+def test_predict_documents_without_mention_names(env, reference_inproc, tmp_path):
+    """Mention names are optional in new documents: an entity is named by its first mention that has a name,
+    and an entity none of whose mentions has one gets null."""
+    ckpt = crafted_checkpoint(reference_inproc / "best.pt", tmp_path / "model.pt")
+    always_predict(ckpt)
+    doc = helpers.make_doc(700, labelled=False)
+    for entity in doc["vertexSet"]:
+        del entity[0]["name"]  # entities 0 and 2 keep the name of their second mention, 1 and 3 have none
+    new = helpers.write_docs(tmp_path, "NEW.json", [doc])
+    out = tmp_path / "OUT"
+    proc = helpers.run_train(["--evaluate_only", "--load_path", ckpt, "--dev_file", "", "--test_file", new,
+                              "--save_path", out, "--cache_dir", env["cache"]])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "predictions.json").read_text())
+    assert len(rows) == 4 * 3
+    names = {0: doc["vertexSet"][0][1]["name"], 1: None, 2: doc["vertexSet"][2][1]["name"], 3: None}
+    for row in rows:
+        assert (row["head"], row["tail"]) == (names[row["h_idx"]], names[row["t_idx"]])
+
+
+# ---------------------------------------------------------------- a hard crash (SIGKILL) at the worst moments
+# train.py's command line in a subprocess that kills itself with SIGKILL (no handler runs, nothing is cleaned up)
+# before or after the first call of a train.py function that meets a condition on its arguments ``a`` and on
+# ``n``, the number of calls so far: the crash comes at exactly that point, however loaded the machine is.
+KILL_AT = ("import os, signal, sys, train\n"
+           "name, when, condition = sys.argv[1:4]\n"
+           "inner, calls = getattr(train, name), []\n"
+           "def wrapped(*a):\n"
+           "    calls.append(1)\n"
+           "    hit = eval(condition, {'a': a, 'n': len(calls), 'os': os})\n"
+           "    if hit and when == 'before':\n"
+           "        os.kill(os.getpid(), signal.SIGKILL)\n"
+           "    out = inner(*a)\n"
+           "    if hit and when == 'after':\n"
+           "        os.kill(os.getpid(), signal.SIGKILL)\n"
+           "    return out\n"
+           "setattr(train, name, wrapped)\n"
+           "sys.exit(train.cli(sys.argv[4:]))\n")
+
+
+def last_pt_at(stage, epoch):
+    """Condition: the save_checkpoint call that writes last.pt at the start of (stage, epoch)."""
+    return (f"os.path.basename(a[0]) == 'last.pt' and "
+            f"(a[1]['stage'], a[1]['epoch'], a[1]['step_in_epoch']) == ({stage}, {epoch}, 0)")
+
+
+def best_pt_of(stage, epoch):
+    """Condition: the save_checkpoint call that writes best.pt for (stage, epoch)."""
+    return f"os.path.basename(a[0]) == 'best.pt' and (a[1]['stage'], a[1]['epoch']) == ({stage}, {epoch})"
+
+
+# data8, 2 + 2 epochs of 4 optimiser steps (see reference_run)
+CRASHES = {
+    "between_steps": ("train_step", "after", "n == 6"),  # stage 1 epoch 1, after its second step
+    "after_eval_before_checkpoint": ("save_checkpoint", "before", last_pt_at(1, 1)),  # epoch evaluated
+    "after_best_pt": ("save_checkpoint", "after", best_pt_of(1, 0)),  # the first epoch's best.pt is written
+    "after_last_pt_at_stage_end": ("save_checkpoint", "after", last_pt_at(1, 2)),
+    "stage2_before_checkpoint": ("save_checkpoint", "before", last_pt_at(2, 1)),
+    "final_predictions": ("write_predictions", "before", "n == 1"),
+}
+
+
+@pytest.mark.parametrize("crash", sorted(CRASHES))
+def test_sigkill_then_resume_matches_uninterrupted(env, reference_run, crash, capsys):
+    save = env["root"] / f"kill_{crash}"
+    function, when, condition = CRASHES[crash]
+    cmd = [sys.executable, "-c", KILL_AT, function, when, condition,
+           *flags(env, save, data="data8", stage1=2, stage2=2)]
+    proc = subprocess.run(cmd, cwd=helpers.ROOT, capture_output=True, text=True, env=helpers.subprocess_env(),
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    capsys.readouterr()
+    assert train.cli(["--resume", str(save)]) == 0  # in this process (one thread, as the subprocesses)
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    # the dead run's lock was taken over, with a warning naming it
+    assert len(warnings) == 1 and "no longer running" in warnings[0], warnings
+    assert helpers.read_metrics(save) == helpers.read_metrics(reference_run)
+    timing = [json.loads(x) for x in (save / "timing.jsonl").read_text().splitlines()]
+    assert [(t["stage"], t["epoch"]) for t in timing] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert (save / "result.json").read_text() == (reference_run / "result.json").read_text()
+    best, ref = (torch.load(p / "best.pt", weights_only=False) for p in (save, reference_run))
+    assert (best["stage"], best["epoch"]) == (ref["stage"], ref["epoch"])
+    assert all(torch.equal(v, ref["model"][k]) for k, v in best["model"].items())
+    assert not (save / train.LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------- one run per save path (a lock file)
+def lock_of(save):
+    return json.loads((save / train.LOCK_FILE).read_text())
+
+
+def test_second_run_on_a_busy_save_path_is_refused(env, tmp_path, capsys):
+    save = tmp_path / "busy"
+    first = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *flags(env, save)], cwd=helpers.ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=helpers.subprocess_env())
+    try:
+        deadline = time.time() + 120
+        while not (save / "last.pt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before the second one started"
+        held = lock_of(save)
+        assert held["pid"] == first.pid
+        for extra in ([], ["--overwrite"]):
+            capsys.readouterr()
+            assert train.cli(flags(env, save, *extra)) == 2
+            msg = last_line(capsys.readouterr().err)
+            assert msg.startswith(f"error: {save} is in use by another run: process {first.pid} on "
+                                  f"{held['host']}, started {held['started']}"), msg
+        assert train.cli(["--resume", str(save)]) == 2
+        assert f"process {first.pid}" in last_line(capsys.readouterr().err)
+        out, err = first.communicate(timeout=240)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err[-3000:]
+    # only the first run wrote: one line per epoch
+    assert [(m["stage"], m["epoch"]) for m in helpers.read_metrics(save)] == [(1, 0), (2, 0)]
+    assert not (save / train.LOCK_FILE).exists()
+
+
+def test_lock_of_a_dead_process_is_taken_over(env, reference_inproc, tmp_path, capsys):
+    save = tmp_path / "stale"
+    save.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # exited and reaped: no such process any more
+    (save / train.LOCK_FILE).write_text(json.dumps({"pid": pid, "host": train.socket.gethostname(),
+                                                    "started": "2024-01-01T00:00:00"}))
+    assert train.cli(flags(env, save)) == 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and f"process {pid}" in warnings[0] and "no longer running" in warnings[0]
+    assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
+    assert not (save / train.LOCK_FILE).exists()
+    # a lock of another machine cannot be checked: it is respected
+    (save / train.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
+                                                    "started": "2024-01-01T00:00:00"}))
+    assert train.cli(flags(env, save, "--overwrite")) == 2
+    msg = last_line(capsys.readouterr().err)
+    assert "process 1 on elsewhere.example, started 2024-01-01T00:00:00" in msg and train.LOCK_FILE in msg
+    assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
+
+
+# ---------------------------------------------------------------- write errors: one line, status 2
+def read_only(folder, monkeypatch):
+    """Make ``folder`` read-only (chmod a-w). root ignores file modes, so for root creating anything in it
+    also fails as on a read-only folder (os.open and os.mkdir: what tempfile, the lock and makedirs use)."""
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return
+    inside = str(folder) + os.sep
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def guarded_open(path, flags_, *a, **k):
+        if flags_ & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and os.path.abspath(path).startswith(inside):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags_, *a, **k)
+
+    def guarded_mkdir(path, *a, **k):
+        if os.path.abspath(path).startswith(inside):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+
+def test_read_only_save_path(env, reference_inproc, tmp_path, monkeypatch, capsys):
+    save = tmp_path / "run"
+    shutil.copytree(reference_inproc, save)
+    before = snapshot(save)
+    loaded = []  # nothing is loaded before the save path is known to be writable
+    load_tokenizer = train.prepro.load_tokenizer
+    monkeypatch.setattr(train.prepro, "load_tokenizer", lambda *a, **k: loaded.append(a) or load_tokenizer(*a, **k))
+    read_only(save, monkeypatch)
+    try:
+        for argv, path in ((["--resume", str(save)], save),
+                           (flags(env, save / "sub"), save / "sub")):
+            capsys.readouterr()
+            assert train.cli(argv) == 2
+            err = capsys.readouterr().err
+            assert "Traceback" not in err
+            msg = last_line(err)
+            assert msg.startswith(f"error: cannot write to {path}: ") and "ermission denied" in msg, msg
+    finally:
+        save.chmod(0o755)
+    assert loaded == []
+    assert snapshot(save) == before
+
+
+@pytest.mark.parametrize("target,nth", [("last.pt", 2), ("best.pt", 2), ("metrics.jsonl", 2), ("result.json", 1)])
+def test_full_disk_one_line_error_and_resume(env, reference_inproc, tmp_path, monkeypatch, capsys, target, nth):
+    """The nth write of ``target`` fails with ENOSPC (at the rename that would publish it): one error line
+    naming the file and the cause, status 2, everything written before intact, and --resume completes the
+    run as if nothing had happened."""
+    save = tmp_path / "run"
+    replace, writes, kept = os.replace, [], {}
+
+    def full_disk(src, dst, *a, **k):
+        if os.path.basename(dst) == target:
+            writes.append(dst)
+            if len(writes) == nth:
+                kept.update(snapshot(save))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    capsys.readouterr()
+    assert train.cli(flags(env, save)) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert last_line(err) == f"error: cannot write {save / target}: {os.strerror(errno.ENOSPC)}"
+    after = snapshot(save)
+    # what was there when the write failed is intact, and no temporary file is left behind (a hidden copy of the
+    # previous best.pt, which last.pt may still refer to, may be)
+    assert not [k for k in after if k.endswith(".tmp")]
+    assert {k: v for k, v in after.items() if not k.startswith(".")} == \
+        {k: v for k, v in kept.items() if not k.startswith(".") and k != train.LOCK_FILE}
+    assert train.cli(["--resume", str(save)]) == 0
+    assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
+    assert (save / "result.json").read_text() == (reference_inproc / "result.json").read_text()
+
+
+# ---------------------------------------------------------------- every input checked before outputs change
+def nameless_gold(tmp_path, name="dev_nameless.json", base=100):
+    """Labelled documents where one mention has no name (the scorer reads mention names for Ign F1)."""
+    docs = [helpers.make_doc(base), helpers.make_doc(base + 1)]
+    del docs[1]["vertexSet"][2][0]["name"]
+    return helpers.write_docs(tmp_path, name, docs)
+
+
+@pytest.mark.parametrize("bad", ["dev_gold", "missing_test_file", "empty_model_folder"])
+def test_overwrite_with_bad_input_keeps_the_old_outputs(env, reference_inproc, tmp_path, capsys, bad):
+    save = tmp_path / "run"
+    shutil.copytree(reference_inproc, save)
+    before = snapshot(save)
+    (tmp_path / "empty").mkdir()
+    extra = {"dev_gold": ["--dev_file", nameless_gold(tmp_path)],
+             "missing_test_file": ["--test_file", str(tmp_path / "missing.json")],
+             "empty_model_folder": ["--model_name_or_path", str(tmp_path / "empty")]}[bad]
+    capsys.readouterr()
+    assert train.cli(flags(env, save, "--overwrite", *extra)) == 2
+    assert last_line(capsys.readouterr().err).startswith("error: ")
+    assert snapshot(save) == before
+
+
+@pytest.mark.parametrize("case", ["dev_mention_without_name", "dev_without_labels", "test_mention_without_name",
+                                  "train_mention_without_name"])
+def test_gold_checked_before_training(env, tmp_path, monkeypatch, capsys, case):
+    """What the scorer reads of the dev/test gold (and of the train file, for Ign F1) is checked at start:
+    the error names the file, and no step is trained."""
+    data = env["data"]
+    if case == "dev_without_labels":
+        docs = json.loads(open(data["dev"]).read())
+        for d in docs:
+            del d["labels"]
+        path = helpers.write_docs(tmp_path, "dev_unlabelled.json", docs)
+        extra, words = ["--dev_file", path], [path, "labels"]
+    elif case == "train_mention_without_name":
+        path = nameless_gold(tmp_path, "train_nameless.json", base=0)
+        extra, words = ["--train_file", path], [path, "name"]
+    else:
+        split = case.split("_")[0]
+        path = nameless_gold(tmp_path, f"{split}_nameless.json")
+        extra, words = [f"--{split}_file", path], [path, "vertexSet[2][0].name"]
+
+    def no_training(*a):
+        raise AssertionError("a step was trained before the error")
+
+    monkeypatch.setattr(train, "train_step", no_training)
+    capsys.readouterr()
+    assert train.cli(flags(env, tmp_path / "out", *extra)) == 2
+    msg = last_line(capsys.readouterr().err)
+    assert msg.startswith("error: ") and all(w in msg for w in words), msg
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- --resume: which flags may change
+def test_resume_refuses_flags_that_change_the_run(env, reference_inproc, tmp_path, capsys):
+    save = tmp_path / "run"
+    shutil.copytree(reference_inproc, save)
+    before = snapshot(save)
+    capsys.readouterr()
+    assert train.cli(["--resume", str(save), "--seed", "9", "--train_batch_size", "4", "--threads", "1"]) == 2
+    msg = last_line(capsys.readouterr().err)
+    assert msg.startswith(f"error: --resume {save} continues the run as it was started; these flags would change "
+                          f"it: --seed, --train_batch_size (only "), msg
+    assert all(f"--{k}" in msg for k in train.RUNTIME_KEYS)
+    assert snapshot(save) == before
+    # the value the run was started with is no change
+    assert train.cli(["--resume", str(save), "--seed", "7", "--threads", "1"]) == 0
+
+
+def test_resume_accepts_runtime_flags(env, tmp_path):
+    """Interrupted after stage 1 (SIGTERM during its evaluation), resumed with other runtime flags."""
+    save = tmp_path / "run"
+    assert train.cli(flags(env, save, stage2=0)) == 0  # a finished stage 1 ...
+    last = torch.load(save / "last.pt", weights_only=False)
+    last["args"]["stage2_epochs"] = 1  # ... that was to be followed by a stage 2
+    train.save_checkpoint(str(save / "last.pt"), last)
+    assert train.cli(["--resume", str(save), "--num_workers", "1", "--threads", "1", "--log_every", "1",
+                      "--device", "cpu"]) == 0
+    saved = json.loads((save / "args.json").read_text())
+    assert (saved["num_workers"], saved["threads"], saved["log_every"]) == (1, 1, 1)
+    assert saved["stage2_epochs"] == 1 and saved["seed"] == 7
+    assert [(m["stage"], m["epoch"]) for m in helpers.read_metrics(save)] == [(1, 0), (2, 0)]

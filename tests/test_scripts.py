@@ -5,8 +5,10 @@ import json
 import math
 import random
 import statistics
+import subprocess
 import sys
 
+import pytest
 import torch
 
 import evaluation
@@ -14,6 +16,7 @@ import helpers
 
 sys.path.insert(0, str(helpers.ROOT / "scripts"))
 import bootstrap  # noqa: E402
+import demo_report  # noqa: E402
 import plot  # noqa: E402
 import summarize  # noqa: E402
 
@@ -174,3 +177,166 @@ def test_plot_weights_names_the_classifier_layout():
     import inference_module
     m = inference_module.InferenceModule(8, 16, 5, 1, 1, 0.0, "eca", True)
     assert m.classifier.weight.shape == (5, 32)
+
+
+# ---------------------------------------------------------------- demo report
+def report_gold():
+    """Two documents: 4 stated and 3 inferred facts in all; one fact listed twice (counted once)."""
+    vertex = [[{"name": n, "sent_id": 0, "pos": [0, 1], "type": "LOC"}] for n in ("A", "B", "C", "D")]
+    d0 = {"title": "d0", "sents": [["w"]], "vertexSet": vertex, "labels": [
+        {"h": 0, "t": 1, "r": "P19", "inferred": False},
+        {"h": 1, "t": 2, "r": "P17"},  # no key: stated
+        {"h": 0, "t": 2, "r": "P27", "inferred": True},
+        {"h": 0, "t": 2, "r": "P27", "inferred": True}]}
+    d1 = {"title": "d1", "sents": [["w"]], "vertexSet": vertex, "labels": [
+        {"h": 0, "t": 1, "r": "P159", "inferred": False},
+        {"h": 1, "t": 3, "r": "P17", "inferred": False},
+        {"h": 0, "t": 3, "r": "P17", "inferred": True},
+        {"h": 2, "t": 3, "r": "P27", "inferred": True}]}
+    return [d0, d1]
+
+
+def report_preds():
+    k0 = [{"title": "d0", "h_idx": 0, "t_idx": 1, "r": "P19"}, {"title": "d0", "h_idx": 1, "t_idx": 2, "r": "P17"},
+          {"title": "d1", "h_idx": 0, "t_idx": 1, "r": "P159"}, {"title": "d1", "h_idx": 0, "t_idx": 2, "r": "P17"}]
+    k3 = k0 + [{"title": "d0", "h_idx": 0, "t_idx": 2, "r": "P27"}, {"title": "d1", "h_idx": 0, "t_idx": 3, "r": "P17"},
+               {"title": "d1", "h_idx": 0, "t_idx": 3, "r": "P17"}]  # a duplicate entry counts once
+    return k0, k3
+
+
+def test_demo_report_numbers():
+    gold = report_gold()
+    k0, k3 = report_preds()
+    rows = demo_report.report(gold, [("K=0", k0), ("K=3", k3)])
+    assert [r["label"] for r in rows] == ["K=0", "K=3"]
+    a, b = rows
+    assert a["stated"] == {"recall": 75.0, "correct": 3, "gold": 4, "precision": 100.0, "predicted": 3}
+    # the one prediction in an inferred fact's slot (d1, P17, head 0) names the wrong country
+    assert a["inferred"] == {"recall": 0.0, "correct": 0, "gold": 3, "precision": 0.0, "predicted": 1}
+    assert (a["num_correct"], a["num_pred"], a["num_gold"]) == (3, 4, 7)
+    assert math.isclose(a["precision"], 75.0) and math.isclose(a["recall"], 300 / 7)
+    assert b["stated"] == a["stated"]
+    assert math.isclose(b["inferred"]["recall"], 200 / 3) and b["inferred"]["correct"] == 2
+    assert math.isclose(b["inferred"]["precision"], 200 / 3) and b["inferred"]["predicted"] == 3
+    assert (b["num_correct"], b["num_pred"]) == (5, 6)
+    official = evaluation.docred_scores(k3, gold)
+    assert all(math.isclose(b[k], official[k]) for k in ("precision", "recall", "f1"))
+    assert b["by_relation"]["P27"] == {"recall": 50.0, "correct": 1, "gold": 2, "predicted": 1, "precision": 100.0}
+    assert b["by_relation"]["P17"] == {"recall": 100 * 2 / 3, "correct": 2, "gold": 3, "predicted": 3,
+                                       "precision": 100 * 2 / 3}
+    table = demo_report.format_table(rows).splitlines()
+    assert table[2] == "| K=0 | 75.00 | 42.86 | 54.55 | 75.00 (3/4) | 100.00 (3/3) | 0.00 (0/3) | 0.00 (0/1) |"
+    assert table[3] == "| K=3 | 83.33 | 71.43 | 76.92 | 75.00 (3/4) | 100.00 (3/3) | 66.67 (2/3) | 66.67 (2/3) |"
+
+
+def test_demo_report_unmarked_gold_and_cli(tmp_path, capsys):
+    gold = report_gold()
+    for doc in gold:
+        for lab in doc["labels"]:
+            lab.pop("inferred", None)  # DocRED / Re-DocRED: no label says whether it is stated
+    k0, k3 = report_preds()
+    paths = {name: helpers.write_docs(tmp_path, f"{name}.json", docs)
+             for name, docs in (("gold", gold), ("k0", k0), ("k3", k3))}
+    out = tmp_path / "report.json"
+    assert demo_report.main(["--gold", paths["gold"], "--pred", f"K=0 (base module)={paths['k0']}",
+                             "--pred", paths["k3"], "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| K=0 (base module) | 75.00 | 42.86 | 54.55 | - | - | - | - |"
+    assert lines[3].startswith(f"| {paths['k3']} | 83.33 |")  # a bare path labels itself
+    rows = json.loads(out.read_text())
+    assert rows[0]["stated"] is None and rows[0]["inferred"] is None and rows[1]["num_correct"] == 5
+    # --max_docs 1: the first gold document alone (3 unique facts) and the predictions for it
+    assert demo_report.main(["--gold", paths["gold"], "--pred", f"a={paths['k0']}", "--max_docs", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| a | 100.00 | 66.67 | 80.00 | - | - | - | - |"
+
+
+def test_demo_report_errors(tmp_path, capsys):
+    gold = helpers.write_docs(tmp_path, "gold.json", report_gold())
+    k0 = helpers.write_docs(tmp_path, "k0.json", report_preds()[0])
+    cases = [(["--gold", str(tmp_path / "nope.json"), "--pred", k0], "nope.json"),
+             (["--gold", gold, "--pred", f"K=0={tmp_path / 'missing.json'}"], "missing.json"),
+             (["--gold", gold, "--pred", helpers.write_docs(tmp_path, "obj.json", {"title": "d0"})], "obj.json"),
+             (["--gold", gold, "--pred", helpers.write_docs(tmp_path, "bad.json", [{"title": "d0", "h_idx": 0}])],
+              "bad.json"),
+             (["--gold", gold, "--pred", helpers.write_docs(tmp_path, "str.json", ["d0 0 1 P17"])], "str.json"),
+             (["--gold", k0, "--pred", k0], "k0.json")]  # a submission given as the gold file: no labels
+    for argv, name in cases:
+        assert demo_report.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and name in err, err
+    proc = subprocess.run([sys.executable, str(helpers.ROOT / "scripts" / "demo_report.py"), "--gold", gold,
+                           "--pred", str(tmp_path / "missing.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+def test_run_demo_script_parses():
+    subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / "run_demo.sh")], check=True)
+
+
+# ---------------------------------------------------------------- synthetic demo data
+def check_demo_doc(doc):
+    """The generator's contract for one labelled document (see scripts/make_demo_data.py)."""
+    vs, sents, labels = doc["vertexSet"], doc["sents"], doc["labels"]
+    types = [e[0]["type"] for e in vs]
+    assert all(e for e in vs)  # every entity is mentioned
+    for e in vs:
+        for m in e:
+            assert sents[m["sent_id"]][m["pos"][0]:m["pos"][1]] == m["name"].split() == e[0]["name"].split()
+    sent_ids = [{m["sent_id"] for m in e} for e in vs]
+    stated = {(lab["h"], lab["t"], lab["r"]) for lab in labels if not lab["inferred"]}
+    for lab in labels:
+        h, t, r = lab["h"], lab["t"], lab["r"]
+        assert isinstance(lab["inferred"], bool)
+        # exactly the citizenships and the organisations' countries are inferred
+        assert lab["inferred"] == (r == "P27" or (r == "P17" and types[h] == "ORG"))
+        if not lab["inferred"]:  # stated: one sentence mentions both, and it is the evidence
+            assert lab["evidence"] == sorted(sent_ids[h] & sent_ids[t]) and len(lab["evidence"]) == 1
+            continue
+        # never stated: no sentence mentions head and tail (by the annotation), and no sentence that holds the
+        # head's name holds a word of the tail's name (by the text, whatever the annotation says)
+        assert not sent_ids[h] & sent_ids[t]
+        head_words, tail_words = set(vs[h][0]["name"].split()), set(vs[t][0]["name"].split())
+        for sent in sents:
+            assert not (head_words <= set(sent) and tail_words & set(sent))
+        # but it follows from two stated facts: head -> city (P19 / P159) and city -> country (P17)
+        first = {"P27": "P19", "P17": "P159"}[r]
+        bridges = [x for x in range(len(vs)) if (h, x, first) in stated and (x, t, "P17") in stated]
+        assert len(bridges) == 1
+        assert lab["evidence"] == sorted(sent_ids[h] & sent_ids[bridges[0]] | sent_ids[bridges[0]] & sent_ids[t])
+    # one inferred fact per person and per organisation
+    inferred_heads = sorted(lab["h"] for lab in labels if lab["inferred"])
+    assert inferred_heads == [e for e, kind in enumerate(types) if kind in ("PER", "ORG")]
+
+
+def test_demo_data_marks_inferred_facts_and_never_states_them():
+    import make_demo_data
+    for counts in ({}, {"countries": 3, "cities": 4, "orgs": 3, "people": 4, "assign": "even"},
+                   {"countries": 1, "cities": 3, "orgs": 1, "people": 5, "assign": "random"}):
+        docs = make_demo_data.make_splits({"train": 40, "dev": 10}, seed=5, **counts)
+        titles = [d["title"] for split in docs.values() for d in split]
+        assert len(set(titles)) == len(titles) == 50
+        for split in docs.values():
+            for doc in split:
+                check_demo_doc(doc)
+    even = make_demo_data.make_doc(random.Random(0), 0, countries=2, cities=4, orgs=2, people=4, assign="even")
+    births = sorted(lab["t"] for lab in even["labels"] if lab["r"] == "P19")
+    assert len(set(births)) == 4  # as many cities as people: each born in another city
+
+
+def test_demo_data_files_score_and_load(tmp_path, tokenizer, capsys):
+    import make_demo_data
+    import prepro
+    out = tmp_path / "demo"
+    assert make_demo_data.main(["--out", str(out), "--train", "6", "--dev", "4", "--test", "3", "--seed", "2"]) == 0
+    dev = json.loads((out / "dev.json").read_text())
+    assert all("labels" not in d for d in json.loads((out / "test.json").read_text()))
+    # scorer and reader ignore the extra "inferred" key: the gold facts as predictions score F1 100
+    gold_as_pred = [{"title": d["title"], "h_idx": lab["h"], "t_idx": lab["t"], "r": lab["r"]}
+                    for d in dev for lab in d["labels"]]
+    scores = evaluation.docred_scores(gold_as_pred, dev, json.loads((out / "train.json").read_text()))
+    assert scores["f1"] == 100.0 and scores["num_gold"] == len(gold_as_pred)
+    feats = prepro.load_features(str(out / "dev.json"), "docred", tokenizer, 512, cache_dir=str(tmp_path / "c"))
+    assert sum(1 for f in feats for lab in f["labels"] if lab) == len(gold_as_pred)  # no two facts share a pair
+    with pytest.raises(SystemExit):
+        make_demo_data.main(["--out", str(out), "--countries", "3", "--cities", "2"])
+    assert "cities >= countries" in capsys.readouterr().err

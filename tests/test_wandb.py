@@ -109,6 +109,7 @@ def test_offline_mode(env, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()  # a W&B session started by an earlier test would ignore the variables above
     save = tmp_path / "run"
     assert train.cli(helpers.train_args(env["data"], env["model"], save, env["cache"], "--wandb", stage1=1,
                                         stage2=1)) == 0

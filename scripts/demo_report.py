@@ -1,0 +1,164 @@
+"""Recall on stated vs never-stated facts: does a model combine two stated facts into a third?
+
+    python scripts/demo_report.py --gold dataset/demo/dev.json \
+        --pred "K=0 (base module)=runs/demo/k0/dev_result.json" \
+        --pred "K=3 (full model)=runs/demo/dev_result.json" [--json report.json] [--max_docs N]
+
+The gold file is a DocRED-format file whose labels may carry "inferred": true (scripts/make_demo_data.py
+marks so every fact that no sentence states and that only follows from two stated facts). Each --pred is
+LABEL=PATH (the label is split off at the last '='; a bare PATH is labelled by itself) of a CodaLab-format
+prediction file: a JSON list of {"title", "h_idx", "t_idx", "r"}.
+
+For each prediction file the report gives precision, recall and F1 over all gold facts (exactly
+evaluation.docred_scores), and recall over the stated facts (no "inferred" key, or false) and over the
+inferred ones, with their counts. A gold fact is the unique (title, r, h, t); it is inferred when one of its
+labels says so. Recall alone rewards guessing every candidate (with two countries in a document, a
+citizenship predicted for both has recall 100), so each kind also gets a precision: over the predictions
+that fill a slot (title, r, h) of a gold fact of that kind, the share that is a gold fact; predictions for
+slots without a gold fact count in neither. A gold file in which no label has an "inferred" key at all (DocRED, Re-DocRED) has no such
+split: the stated and inferred columns are then empty (None in the JSON). The JSON also has each relation's
+recall and precision ("by_relation"): recall alone rewards predicting a relation for every candidate pair.
+
+Prints a Markdown table; errors (missing or unreadable file, a prediction file that is not a list of
+such entries, an unlabelled gold file) print one "error: ..." line and exit with status 2.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluation  # noqa: E402
+from utils import DataError  # noqa: E402
+
+COLUMNS = ("stated", "inferred")
+
+
+def gold_facts(gold_docs):
+    """{(title, r, h, t): inferred?} over the unique gold facts, and whether the file marks inferred facts."""
+    facts, marked = {}, False
+    for doc in gold_docs:
+        for lab in doc.get("labels", []):
+            marked = marked or "inferred" in lab
+            key = (doc["title"], lab["r"], lab["h"], lab["t"])
+            facts[key] = facts.get(key, False) or lab.get("inferred") is True
+    return facts, marked
+
+
+def _recall(correct, gold):
+    return {"recall": 100.0 * correct / gold if gold else 0.0, "correct": correct, "gold": gold}
+
+
+def _kind_scores(correct, gold, correct_in_slots, predicted_in_slots):
+    return {**_recall(correct, gold), "precision": 100.0 * correct_in_slots / predicted_in_slots
+            if predicted_in_slots else 0.0, "predicted": predicted_in_slots}
+
+
+def score_predictions(gold_docs, submission, *, gold_path=None, pred_path=None):
+    """Scores of one CodaLab submission: precision/recall/f1 (percent) and counts over all gold facts,
+    "stated" and "inferred" ({recall, correct, gold}, or None when the gold file marks no inferred facts),
+    and "by_relation" ({r: {recall, correct, gold, predicted, precision}}; predicted counts the unique
+    predictions of r for gold documents)."""
+    official = evaluation.docred_scores(submission, gold_docs, gold_path=gold_path, pred_path=pred_path)
+    facts, marked = gold_facts(gold_docs)
+    titles = {doc["title"] for doc in gold_docs}
+    predicted = {(x["title"], x["r"], x["h_idx"], x["t_idx"]) for x in submission if x["title"] in titles}
+    counts = {c: [0, 0] for c in COLUMNS}  # correct, gold
+    by_relation = {}
+    slots = {}  # (title, r, h) of a gold fact -> its kind (a fact's slot: its head and relation)
+    for key, inferred in facts.items():
+        hit = key in predicted
+        for bucket in (counts[COLUMNS[inferred]], by_relation.setdefault(key[1], [0, 0])):
+            bucket[0] += hit
+            bucket[1] += 1
+        slots[key[:3]] = COLUMNS[inferred]
+    in_slots = {c: [0, 0] for c in COLUMNS}  # correct, predicted: predictions that fill a slot of that kind
+    for key in predicted:
+        kind = slots.get(key[:3])
+        if kind is not None:
+            in_slots[kind][0] += key in facts
+            in_slots[kind][1] += 1
+    per_relation_pred = {}
+    for key in predicted:
+        per_relation_pred[key[1]] = per_relation_pred.get(key[1], 0) + 1
+    row = {k: official[k] for k in ("precision", "recall", "f1")}
+    row.update(num_pred=official["num_pred"], num_gold=official["num_gold"], num_correct=official["num_correct"])
+    for c in COLUMNS:
+        row[c] = _kind_scores(*counts[c], *in_slots[c]) if marked else None
+    row["by_relation"] = {}
+    for r in sorted(set(by_relation) | set(per_relation_pred)):
+        correct, gold = by_relation.get(r, (0, 0))
+        n_pred = per_relation_pred.get(r, 0)
+        row["by_relation"][r] = {**_recall(correct, gold), "predicted": n_pred,
+                                 "precision": 100.0 * correct / n_pred if n_pred else 0.0}
+    return row
+
+
+def report(gold_docs, predictions, *, gold_path=None):
+    """predictions: (label, submission) or (label, submission, path) tuples -> one row per file, labelled."""
+    rows = []
+    for label, submission, *path in predictions:
+        row = score_predictions(gold_docs, submission, gold_path=gold_path, pred_path=path[0] if path else label)
+        rows.append({"label": label, **row})
+    return rows
+
+
+def format_table(rows):
+    """Markdown table of report() rows."""
+    def cells(part):
+        if part is None:
+            return "- | -"
+        correct_in_slots = round(part["precision"] * part["predicted"] / 100)
+        return (f"{part['recall']:.2f} ({part['correct']}/{part['gold']}) | "
+                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']})")
+    lines = ["| predictions | precision | recall | F1 | stated: recall | stated: precision | inferred: recall "
+             "| inferred: precision |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['label']} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | "
+                     f"{cells(row['stated'])} | {cells(row['inferred'])} |")
+    return "\n".join(lines)
+
+
+def parse_pred(arg):
+    """'LABEL=PATH' -> (LABEL, PATH), split at the last '='; 'PATH' -> (PATH, PATH)."""
+    label, sep, path = arg.rpartition("=")
+    return (label, path) if sep and label and path else (arg, arg)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gold", required=True, help="labelled gold documents (DocRED JSON)")
+    p.add_argument("--pred", action="append", required=True, metavar="LABEL=PATH",
+                   help="a CodaLab-format prediction file with its label; repeat for several")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--max_docs", type=int, default=0,
+                   help="score only the first N gold documents and the predictions for them, as train.py "
+                        "--max_eval_docs N does (0 = all)")
+    args = p.parse_args(argv)
+    try:
+        if args.max_docs < 0:
+            raise DataError(f"--max_docs must be >= 0, got {args.max_docs}")
+        gold = evaluation.load_docs(args.gold)
+        preds = [(label, evaluation.load_docs(path), path) for label, path in map(parse_pred, args.pred)]
+        if args.max_docs:
+            gold = gold[:args.max_docs]
+            titles = {doc.get("title") for doc in gold if isinstance(doc, dict)}
+            preds = [(label, [x for x in sub if not isinstance(x, dict) or x.get("title") in titles], path)
+                     for label, sub, path in preds]
+        rows = report(gold, preds, gold_path=args.gold)
+        if args.json:
+            try:
+                with open(args.json, "w", encoding="utf-8") as fh:
+                    json.dump(rows, fh, indent=1)
+            except OSError as e:
+                raise DataError(f"{args.json}: cannot write: {e.strerror}") from None
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
