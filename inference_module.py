@@ -183,16 +183,18 @@ class InferenceModule(nn.Module):
         f, r = self.encode(r0, f0, pairs) if swap else self.encode(f0, r0, pairs)
         return f, r, self.classifier(torch.cat([f, r], dim=-1))
 
-    def iterate(self, feats, scores, pairs, passes, decode, accumulate=False):
+    def iterate(self, feats, scores, pairs, passes, decode, accumulate=False, first_input=None):
         """Fig. 2's loop: pass k + 1 reads R_0 = decode(scores of pass k) and the same F_0, so what the first layer
         derives from F_0 alone is computed once. ``scores``: the base module's logits [P, C] (pass 0). Returns the
         scores of passes 1..K: each pass's logits, or with ``accumulate`` the base logits plus the logits of every
-        pass so far (the authors' test-time score)."""
+        pass so far (the authors' test-time score). ``first_input`` [P, C], when given, is decoded for the first
+        pass instead of the base logits (a diagnostic: scripts/oracle_relations.py)."""
         f0 = self.reduce(feats)
         fixed = self.layers[0].fixed(f0) if len(self.layers) else None
         out = []
-        for _ in range(passes):
-            f, r = self.encode(f0, self.relation_matrix(decode(scores)), pairs, fixed)
+        for k in range(passes):
+            given = scores if first_input is None or k else first_input
+            f, r = self.encode(f0, self.relation_matrix(decode(given)), pairs, fixed)
             logits = self.classifier(torch.cat([f, r], dim=-1))
             scores = scores + logits if accumulate else logits
             out.append(scores)

@@ -13,12 +13,10 @@ readable OUT/predictions.json (title, head/tail entity names, relation id and na
 """
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -35,9 +33,10 @@ import evaluation
 import predict
 import prepro
 from model import encoder_record, hf_encoder, load_weights, parse_loss_weights, tokenizer_and_model
-from utils import (DataError, OutputError, UsageError, atomic_link, atomic_write_json, autocast, collate_fn,
-                   default_model_path, load_checkpoint, move_to, previous_name, read_lines, resolve_amp, rng_state,
-                   save_checkpoint, set_rng_state, set_seed, write_lines)
+from utils import (all_max, atomic_link, atomic_write_json, autocast, barrier, claimed, collate_fn, DataError,
+                   default_model_path, distributed, init_distributed, load_checkpoint, move_to,
+                   OutputError, previous_name, read_lines, resolve_amp, rng_state, save_checkpoint, set_rng_state,
+                   set_seed, UsageError, write_lines)
 
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
@@ -57,7 +56,6 @@ RECIPES = {"paper": {}, "authors": {
 OUTPUTS = ("metrics.jsonl", "best.pt", "last.pt", "result.json", "dev_result.json", "predictions.json")
 EVAL_OUTPUTS = ("result.json", "dev_result.json", "predictions.json", "eval_scores.json")
 LOGS = ("metrics.jsonl", "timing.jsonl")  # one line per epoch each
-LOCK_FILE = "run.lock"  # in --save_path while a run uses it
 # --transformer_type of the encoder families whose config.json model_type says which one they are.
 TOKENIZER_FAMILY = {"bert": "bert", "distilbert": "bert", "electra": "bert", "roberta": "roberta",
                     "xlm-roberta": "roberta", "camembert": "roberta", "longformer": "roberta"}
@@ -273,145 +271,7 @@ def validate_args(args):
         raise UsageError("--device cuda: no CUDA device is available")
 
 
-# ---------------------------------------------------------------- distributed set-up
-def init_distributed(args):
-    """torchrun sets LOCAL_RANK/RANK/WORLD_SIZE (and MASTER_ADDR/PORT); NCCL on CUDA, gloo on CPU. Under torchrun
-    the process group is set up even for one process, so that `torchrun --nproc_per_node 1` runs the same code
-    path as N processes. Rank 0 evaluates and checkpoints while the others wait in a collective, so the timeout
-    must outlast that: DOCRE_DIST_TIMEOUT_MIN minutes (default 120; torch's 10/30 are too short on a CPU)."""
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if "LOCAL_RANK" not in os.environ:
-        return torch.device("cuda" if use_cuda else "cpu"), 0, 1
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    minutes = float(os.environ.get("DOCRE_DIST_TIMEOUT_MIN") or 120)
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return device, dist.get_rank(), dist.get_world_size()
-
-
-def distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
-def barrier():
-    if distributed():
-        if dist.get_backend() == "nccl":  # name the device: NCCL would otherwise guess it from the rank
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
-
-def all_max(values, device):
-    """Element-wise maximum over the ranks (the values themselves in one process)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
-# ---------------------------------------------------------------- the save path: one run at a time
-@contextlib.contextmanager
-def claimed(save_path):
-    """Hold --save_path for this run: LOCK_FILE, created atomically, names the process, host and start time, and
-    a second run is refused with them. Creating it is also the check, before anything is loaded, that the folder
-    can be written. Released on the way out (errors and signals included); a folder this run created is removed
-    again when the run wrote nothing into it (bad input leaves no trace)."""
-    created = not os.path.isdir(save_path)
-    try:
-        os.makedirs(save_path, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
-    path = os.path.join(save_path, LOCK_FILE)
-    mine = take_lock(path, save_path)
-    try:
-        yield
-    finally:
-        if read_lock(path) == mine:
-            with contextlib.suppress(OSError):  # never hide the error that ends the run
-                os.remove(path)
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(save_path)  # only when empty
-
-
-def take_lock(path, save_path):
-    """Create the lock file (O_CREAT | O_EXCL: of two runs, one succeeds). A lock whose process is gone (same
-    host, no such pid) is taken over with a warning; another host's cannot be checked and is respected."""
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    for _ in range(5):  # another run may take or give up the lock between two tries
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock(path)
-            if holder == {}:
-                raise UsageError(f"{save_path} is in use by another run (lock file {path}, unreadable: being "
-                                 f"written, or left by a crash: delete it if no run uses this folder)") from None
-            if holder is not None and not lock_is_stale(holder):
-                raise UsageError(f"{save_path} is in use by another run: process {holder.get('pid')} on "
-                                 f"{holder.get('host')}, started {holder.get('started')} (lock file {path}: delete "
-                                 f"it if that run is no longer running)") from None
-            if holder is not None:
-                print(f"warning: {path}: process {holder['pid']} on {holder['host']} (started "
-                      f"{holder.get('started')}) is no longer running: taking over its lock", file=sys.stderr)
-                remove_stale_lock(path, holder)
-            continue
-        except OSError as e:
-            raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
-        try:
-            os.write(fd, json.dumps(mine).encode("utf-8"))
-            os.fsync(fd)
-        except OSError as e:
-            os.close(fd)
-            os.remove(path)
-            raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
-        os.close(fd)
-        return mine
-    raise UsageError(f"{save_path} is in use by another run (lock file {path} keeps changing)")
-
-
-def read_lock(path):
-    """The holder recorded in a lock file, None when there is none; {} when it is unreadable (being written)."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def lock_is_stale(holder):
-    pid = holder.get("pid")
-    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists (another user's)
-        return False
-    return False
-
-
-def remove_stale_lock(path, holder):
-    """Rename the stale lock aside, then delete it. Should another run have replaced it meanwhile (it took over
-    first), the renamed file is that run's live lock: it is put back (os.link: unless yet another run has created
-    one since)."""
-    aside = f"{path}.{os.getpid()}.stale"
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if read_lock(aside) != holder:
-        with contextlib.suppress(OSError):
-            os.link(aside, path)
-    os.remove(aside)
-
-
+# ---------------------------------------------------------------- the save path
 def check_save_path(args):
     """Outputs of an earlier run are replaced only with --overwrite; --resume continues them."""
     if args.resume:

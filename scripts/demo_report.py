@@ -3,6 +3,7 @@
     python scripts/demo_report.py --gold dataset/demo/dev.json \
         --pred "K=0 (base module)=runs/demo/k0/dev_result.json" \
         --pred "K=3 (full model)=runs/demo/dev_result.json" [--json report.json] [--max_docs N]
+    python scripts/demo_report.py --gold dataset/demo/dev.json --runs runs/f/paper/s* [--json seeds.json]
 
 The gold file is a DocRED-format file whose labels may carry "inferred": true (scripts/make_demo_data.py
 marks so every fact that no sentence states and that only follows from two stated facts). Each --pred is
@@ -19,6 +20,12 @@ slots without a gold fact count in neither. A gold file in which no label has an
 split: the stated and inferred columns are then empty (None in the JSON). The JSON also has each relation's
 recall and precision ("by_relation"): recall alone rewards predicting a relation for every candidate pair.
 
+With --runs (one run folder of scripts/run_demo.sh per training seed: RUN/k0/dev_result.json is the base
+module alone, RUN/dev_result.json the full model) the report is over the seeds: for all facts, the stated
+and the inferred ones, the mean F1 (for a kind: from its recall and its precision within its slots), recall
+and precision at K = 0 and at the full model's K, and the difference with a 95% interval from the bootstrap
+over seeds and documents of scripts/bootstrap.py.
+
 Prints a Markdown table; errors (missing or unreadable file, a prediction file that is not a list of
 such entries, an unlabelled gold file) print one "error: ..." line and exit with status 2.
 """
@@ -27,7 +34,11 @@ import json
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bootstrap  # noqa: E402
 import evaluation  # noqa: E402
 from utils import DataError  # noqa: E402
 
@@ -54,37 +65,49 @@ def _kind_scores(correct, gold, correct_in_slots, predicted_in_slots):
             if predicted_in_slots else 0.0, "predicted": predicted_in_slots}
 
 
+def kind_doc_counts(gold_docs, submission):
+    """{kind: [len(gold_docs), 4] array} of per-document counts in bootstrap.COUNTS order, for the stated and
+    the inferred facts apart: #gold facts of that kind predicted, #predictions that fill a slot (title, r, h)
+    of a gold fact of that kind, #gold facts of that kind, 0 (no Ign counts). Summed over documents they give
+    the kind's recall (correct / gold) and its precision within its slots (correct / predicted)."""
+    facts, _ = gold_facts(gold_docs)
+    predicted = {(x["title"], x["r"], x["h_idx"], x["t_idx"]) for x in submission}
+    slots = {key[:3]: COLUMNS[inferred] for key, inferred in facts.items()}  # a fact's head and relation
+    row = {doc["title"]: i for i, doc in enumerate(gold_docs)}
+    out = {c: np.zeros((len(gold_docs), 4)) for c in COLUMNS}
+    for key, inferred in facts.items():
+        counts = out[COLUMNS[inferred]][row[key[0]]]
+        counts[0] += key in predicted
+        counts[2] += 1
+    for key in predicted:
+        kind = slots.get(key[:3])
+        if kind is not None:
+            out[kind][row[key[0]]][1] += 1
+    return out
+
+
 def score_predictions(gold_docs, submission, *, gold_path=None, pred_path=None):
     """Scores of one CodaLab submission: precision/recall/f1 (percent) and counts over all gold facts,
-    "stated" and "inferred" ({recall, correct, gold}, or None when the gold file marks no inferred facts),
-    and "by_relation" ({r: {recall, correct, gold, predicted, precision}}; predicted counts the unique
-    predictions of r for gold documents)."""
+    "stated" and "inferred" ({recall, correct, gold, precision, predicted}, or None when the gold file marks
+    no inferred facts), and "by_relation" ({r: {recall, correct, gold, predicted, precision}}; predicted counts
+    the unique predictions of r for gold documents)."""
     official = evaluation.docred_scores(submission, gold_docs, gold_path=gold_path, pred_path=pred_path)
     facts, marked = gold_facts(gold_docs)
     titles = {doc["title"] for doc in gold_docs}
     predicted = {(x["title"], x["r"], x["h_idx"], x["t_idx"]) for x in submission if x["title"] in titles}
-    counts = {c: [0, 0] for c in COLUMNS}  # correct, gold
-    by_relation = {}
-    slots = {}  # (title, r, h) of a gold fact -> its kind (a fact's slot: its head and relation)
-    for key, inferred in facts.items():
-        hit = key in predicted
-        for bucket in (counts[COLUMNS[inferred]], by_relation.setdefault(key[1], [0, 0])):
-            bucket[0] += hit
-            bucket[1] += 1
-        slots[key[:3]] = COLUMNS[inferred]
-    in_slots = {c: [0, 0] for c in COLUMNS}  # correct, predicted: predictions that fill a slot of that kind
-    for key in predicted:
-        kind = slots.get(key[:3])
-        if kind is not None:
-            in_slots[kind][0] += key in facts
-            in_slots[kind][1] += 1
-    per_relation_pred = {}
+    by_relation, per_relation_pred = {}, {}
+    for key in facts:
+        bucket = by_relation.setdefault(key[1], [0, 0])
+        bucket[0] += key in predicted
+        bucket[1] += 1
     for key in predicted:
         per_relation_pred[key[1]] = per_relation_pred.get(key[1], 0) + 1
     row = {k: official[k] for k in ("precision", "recall", "f1")}
     row.update(num_pred=official["num_pred"], num_gold=official["num_gold"], num_correct=official["num_correct"])
+    kinds = kind_doc_counts(gold_docs, submission)
     for c in COLUMNS:
-        row[c] = _kind_scores(*counts[c], *in_slots[c]) if marked else None
+        correct, in_slots, gold, _ = (int(v) for v in kinds[c].sum(0))
+        row[c] = _kind_scores(correct, gold, correct, in_slots) if marked else None
     row["by_relation"] = {}
     for r in sorted(set(by_relation) | set(per_relation_pred)):
         correct, gold = by_relation.get(r, (0, 0))
@@ -126,11 +149,64 @@ def parse_pred(arg):
     return (label, path) if sep and label and path else (arg, arg)
 
 
+def seeds_report(gold_docs, runs, samples=1000, seed=0):
+    """Rows (all, stated, inferred) over the training seeds of `runs`: [(K=0 submission, full submission)]."""
+    counts = {"all": [], **{c: [] for c in COLUMNS}}
+    for k0, full in runs:
+        pair = [bootstrap.doc_counts(sub, gold_docs) for sub in (k0, full)]
+        counts["all"].append(pair)
+        kinds = [kind_doc_counts(gold_docs, sub) for sub in (k0, full)]
+        for c in COLUMNS:
+            counts[c].append([kinds[0][c], kinds[1][c]])
+    rows = []
+    for kind, pairs in counts.items():
+        sums = np.asarray([[a.sum(0), b.sum(0)] for a, b in pairs])  # [seeds, 2, 4]
+        correct, pred, gold = sums[..., 0], sums[..., 1], sums[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall = np.where(gold > 0, 100 * correct / gold, 0.0).mean(0)
+            precision = np.where(pred > 0, 100 * correct / pred, 0.0).mean(0)
+        boot = bootstrap.seeds_bootstrap(pairs, samples=samples, seed=seed)
+        rows.append({"facts": kind, "seeds": len(pairs), "f1": [boot["a"]["f1"], boot["b"]["f1"]],
+                     "recall": recall.tolist(), "precision": precision.tolist(), "f1_diff": boot["f1_diff"],
+                     "per_seed_diff": boot["per_seed_diff"]["f1"]})
+    return rows
+
+
+def format_seeds_table(rows, k):
+    lines = [f"| facts | seeds | F1 K=0 | F1 K={k} | F1 difference [95% CI] | recall K=0 | recall K={k} | "
+             f"precision K=0 | precision K={k} |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["f1_diff"]
+        lines.append(f"| {r['facts']} | {r['seeds']} | {r['f1'][0]:.2f} | {r['f1'][1]:.2f} | {d['point']:+.2f} "
+                     f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | {r['recall'][0]:.2f} | {r['recall'][1]:.2f} | "
+                     f"{r['precision'][0]:.2f} | {r['precision'][1]:.2f} |")
+    return "\n".join(lines)
+
+
+def read_runs(folders):
+    """[(K=0 submission, full-model submission)] of run folders, and the full model's K (from eval_scores)."""
+    runs, ks = [], set()
+    for folder in folders:
+        runs.append(tuple(evaluation.load_docs(os.path.join(folder, *name))
+                          for name in (("k0", "dev_result.json"), ("dev_result.json",))))
+        path = os.path.join(folder, "eval_scores.json")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                ks.add(max(map(int, json.load(fh).get("dev_by_k", {"0": 0}))))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read: {e}") from None
+    if len(ks) != 1:
+        raise DataError(f"--runs: the runs' full models use different numbers of passes: {sorted(ks)}")
+    return runs, ks.pop()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gold", required=True, help="labelled gold documents (DocRED JSON)")
-    p.add_argument("--pred", action="append", required=True, metavar="LABEL=PATH",
-                   help="a CodaLab-format prediction file with its label; repeat for several")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pred", action="append", metavar="LABEL=PATH",
+                      help="a CodaLab-format prediction file with its label; repeat for several")
+    what.add_argument("--runs", nargs="+", metavar="RUN", help="run folders of scripts/run_demo.sh, one per seed")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--max_docs", type=int, default=0,
                    help="score only the first N gold documents and the predictions for them, as train.py "
@@ -140,13 +216,14 @@ def main(argv=None):
         if args.max_docs < 0:
             raise DataError(f"--max_docs must be >= 0, got {args.max_docs}")
         gold = evaluation.load_docs(args.gold)
-        preds = [(label, evaluation.load_docs(path), path) for label, path in map(parse_pred, args.pred)]
         if args.max_docs:
             gold = gold[:args.max_docs]
-            titles = {doc.get("title") for doc in gold if isinstance(doc, dict)}
-            preds = [(label, [x for x in sub if not isinstance(x, dict) or x.get("title") in titles], path)
-                     for label, sub, path in preds]
-        rows = report(gold, preds, gold_path=args.gold)
+        if args.runs:
+            runs, k = read_runs(args.runs)
+            rows = seeds_report(gold, runs)
+            table = format_seeds_table(rows, k)
+        else:
+            rows, table = pred_report(gold, args)
         if args.json:
             try:
                 with open(args.json, "w", encoding="utf-8") as fh:
@@ -156,8 +233,21 @@ def main(argv=None):
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(table)
     return 0
+
+
+def pred_report(gold, args):
+    """Rows and table of the --pred files (the predictions for the documents of `gold`)."""
+    titles = {doc.get("title") for doc in gold if isinstance(doc, dict)}
+    preds = []
+    for label, path in map(parse_pred, args.pred):
+        sub = evaluation.load_docs(path)
+        if args.max_docs:
+            sub = [x for x in sub if not isinstance(x, dict) or x.get("title") in titles]
+        preds.append((label, sub, path))
+    rows = report(gold, preds, gold_path=args.gold)
+    return rows, format_table(rows)
 
 
 if __name__ == "__main__":

@@ -278,6 +278,14 @@ def test_inference_module_forward_and_classifier():
     logits0 = torch.randn(P, C, dtype=torch.float64)
     first = mod.iterate(feats, logits0, pm, 1, lambda s: s.argmax(-1))[0]
     torch.testing.assert_close(first, mod(feats, logits0.argmax(-1), pm)[2], atol=1e-12, rtol=0)
+    # first_input replaces only the first pass's R_0; the second pass reads the first pass's logits
+    given = torch.randn(P, C, dtype=torch.float64)
+    p1, p2 = mod.iterate(feats, logits0, pm, 2, lambda s: s.argmax(-1), first_input=given)
+    torch.testing.assert_close(p1, mod(feats, given.argmax(-1), pm)[2], atol=1e-12, rtol=0)
+    torch.testing.assert_close(p2, mod(feats, p1.argmax(-1), pm)[2], atol=1e-12, rtol=0)
+    # accumulated (authors' test-time score): the base logits plus each pass's logits, whatever R_0 was read
+    a1, _ = mod.iterate(feats, logits0, pm, 2, lambda s: s.argmax(-1), accumulate=True, first_input=given)
+    torch.testing.assert_close(a1, logits0 + p1, atol=1e-12, rtol=0)
     # the relation matrix matters (relation-level inference is wired in)
     assert (mod(feats, (ids + 1) % C, pm)[2] - logits).abs().max() > 1e-4
 

@@ -12,6 +12,7 @@ import torch
 
 import helpers
 import predict
+import prepro
 import train
 from utils import DataError, UsageError
 
@@ -187,3 +188,27 @@ def test_old_style_checkpoint(env, tmp_path):
     new = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none").predict(docs)
     assert old == new
     assert rows == [dict(t, title=d["title"]) for d, triples in zip(docs, new) for t in triples]
+
+
+def test_oracle_relations_diagnostic(env, tmp_path, capsys):
+    """scripts/oracle_relations.py: its "as trained" row is the model's own predictions; the first pass's
+    given R_0 decodes to the stated gold facts (the inferred ones and pairs without a fact: no relation)."""
+    sys.path.insert(0, str(helpers.ROOT / "scripts"))
+    import demo_report
+    import make_demo_data
+    import oracle_relations
+    docs = make_demo_data.make_splits({"dev": 3}, seed=4)["dev"]
+    gold = helpers.write_docs(tmp_path, "gold.json", docs)
+    out = tmp_path / "rows.json"
+    assert oracle_relations.main(["--checkpoint", str(env["ckpt"]), "--gold", gold, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    predictor = predict.Predictor.from_checkpoint(env["ckpt"], device="cpu")
+    own = predictor.official(*predictor.scores(docs))
+    assert rows[0]["f1"] == demo_report.score_predictions(docs, own)["f1"]
+    features = prepro.docred_features(docs, predictor.tokenizer, 512, predictor.rel2id)
+    for f, doc in zip(features, docs):
+        decoded = oracle_relations.stated_relations(f, doc, 97).argmax(-1).tolist()
+        stated = {(lab["h"], lab["t"]): predictor.rel2id[lab["r"]] for lab in doc["labels"] if not lab["inferred"]}
+        assert decoded == [stated.get((h, t), 0) for h, t in f["hts"]]
+    assert oracle_relations.main(["--checkpoint", str(env["stage1"]), "--gold", gold]) == 2
+    assert "stage-1 checkpoint" in capsys.readouterr().err

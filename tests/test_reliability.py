@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import torch
 import helpers
 import model as model_module
 import train
+import utils
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -147,7 +149,7 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     for key in ("model", "optimizer", "scaler", "rng", "best", "loss_sum", "global_step", "lr_step"):
         assert key in last
     assert len(helpers.read_metrics(save)) == lines_before
-    assert not (save / train.LOCK_FILE).exists()  # released on the way out
+    assert not (save / utils.LOCK_FILE).exists()  # released on the way out
 
     proc = helpers.run_train(["--resume", str(save)])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,7 +192,7 @@ def test_sigterm_during_final_predictions_then_resume(env, reference_inproc, tmp
     monkeypatch.undo()
     assert last_line(capsys.readouterr().err) == "error: interrupted by SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    assert not (save / train.LOCK_FILE).exists() and not (save / "result.json").exists()
+    assert not (save / utils.LOCK_FILE).exists() and not (save / "result.json").exists()
     assert train.cli(["--resume", str(save)]) == 0
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
     assert (save / "result.json").read_text() == (reference_inproc / "result.json").read_text()
@@ -360,7 +362,7 @@ def test_bad_input_one_line_error(env, reference_inproc, tmp_path, capsys, case)
         assert word in errors[0], (word, errors[0])
     out = tmp_path / "out"  # nothing was trained, predicted or even created: the save path is left as it was
     assert not out.exists()
-    assert not (tmp_path / train.LOCK_FILE).exists()
+    assert not (tmp_path / utils.LOCK_FILE).exists()
 
 
 def test_bad_input_subprocess_exit_status(env, tmp_path):
@@ -393,7 +395,7 @@ def test_existing_outputs_need_overwrite(env, reference_inproc, tmp_path, capsys
                       "--save_path", str(save), "--cache_dir", env["cache"]]) == 2
     assert "already holds result.json" in last_line(capsys.readouterr().err)
     assert snapshot(save) == before
-    assert not (save / train.LOCK_FILE).exists()
+    assert not (save / utils.LOCK_FILE).exists()
     # without last.pt there is nothing to resume: --resume is not suggested
     no_last = tmp_path / "no_last"
     shutil.copytree(save, no_last)
@@ -563,12 +565,12 @@ def test_sigkill_then_resume_matches_uninterrupted(env, reference_run, crash, ca
     best, ref = (torch.load(p / "best.pt", weights_only=False) for p in (save, reference_run))
     assert (best["stage"], best["epoch"]) == (ref["stage"], ref["epoch"])
     assert all(torch.equal(v, ref["model"][k]) for k, v in best["model"].items())
-    assert not (save / train.LOCK_FILE).exists()
+    assert not (save / utils.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------- one run per save path (a lock file)
 def lock_of(save):
-    return json.loads((save / train.LOCK_FILE).read_text())
+    return json.loads((save / utils.LOCK_FILE).read_text())
 
 
 def test_second_run_on_a_busy_save_path_is_refused(env, tmp_path, capsys):
@@ -597,7 +599,7 @@ def test_second_run_on_a_busy_save_path_is_refused(env, tmp_path, capsys):
     assert first.returncode == 0, err[-3000:]
     # only the first run wrote: one line per epoch
     assert [(m["stage"], m["epoch"]) for m in helpers.read_metrics(save)] == [(1, 0), (2, 0)]
-    assert not (save / train.LOCK_FILE).exists()
+    assert not (save / utils.LOCK_FILE).exists()
 
 
 def test_lock_of_a_dead_process_is_taken_over(env, reference_inproc, tmp_path, capsys):
@@ -605,19 +607,19 @@ def test_lock_of_a_dead_process_is_taken_over(env, reference_inproc, tmp_path, c
     save.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # exited and reaped: no such process any more
-    (save / train.LOCK_FILE).write_text(json.dumps({"pid": pid, "host": train.socket.gethostname(),
+    (save / utils.LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
                                                     "started": "2024-01-01T00:00:00"}))
     assert train.cli(flags(env, save)) == 0
     warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and f"process {pid}" in warnings[0] and "no longer running" in warnings[0]
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
-    assert not (save / train.LOCK_FILE).exists()
+    assert not (save / utils.LOCK_FILE).exists()
     # a lock of another machine cannot be checked: it is respected
-    (save / train.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
+    (save / utils.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
                                                     "started": "2024-01-01T00:00:00"}))
     assert train.cli(flags(env, save, "--overwrite")) == 2
     msg = last_line(capsys.readouterr().err)
-    assert "process 1 on elsewhere.example, started 2024-01-01T00:00:00" in msg and train.LOCK_FILE in msg
+    assert "process 1 on elsewhere.example, started 2024-01-01T00:00:00" in msg and utils.LOCK_FILE in msg
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
 
 
@@ -696,7 +698,7 @@ def test_full_disk_one_line_error_and_resume(env, reference_inproc, tmp_path, mo
     # previous best.pt, which last.pt may still refer to, may be)
     assert not [k for k in after if k.endswith(".tmp")]
     assert {k: v for k, v in after.items() if not k.startswith(".")} == \
-        {k: v for k, v in kept.items() if not k.startswith(".") and k != train.LOCK_FILE}
+        {k: v for k, v in kept.items() if not k.startswith(".") and k != utils.LOCK_FILE}
     assert train.cli(["--resume", str(save)]) == 0
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
     assert (save / "result.json").read_text() == (reference_inproc / "result.json").read_text()

@@ -340,3 +340,33 @@ def test_demo_data_files_score_and_load(tmp_path, tokenizer, capsys):
     with pytest.raises(SystemExit):
         make_demo_data.main(["--out", str(out), "--countries", "3", "--cities", "2"])
     assert "cities >= countries" in capsys.readouterr().err
+
+
+def test_demo_report_over_seeds(tmp_path, capsys):
+    """--runs: per-kind F1 from recall and in-slot precision, averaged over seeds, with the seeds x documents
+    bootstrap of the difference; run folders whose full models use different K are refused."""
+    gold = helpers.write_docs(tmp_path, "gold.json", report_gold())
+    k0, k3 = report_preds()
+    runs = []
+    for seed, k in ((1, 3), (2, 3), (3, 2)):
+        run = tmp_path / f"s{seed}"
+        (run / "k0").mkdir(parents=True)
+        helpers.write_docs(run / "k0", "dev_result.json", k0)
+        helpers.write_docs(run, "dev_result.json", k3)
+        helpers.write_docs(run, "eval_scores.json", {"dev_by_k": {str(i): 0.0 for i in range(k + 1)}})
+        runs.append(str(run))
+    out = tmp_path / "seeds.json"
+    assert demo_report.main(["--gold", gold, "--runs", *runs[:2], "--json", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| facts | seeds | F1 K=0 | F1 K=3 |")
+    rows = {r["facts"]: r for r in json.loads(out.read_text())}
+    # stated: recall 3/4 and precision 3/3 at both K; inferred: 0/3 and 0/1 at K=0, 2/3 and 2/3 at K=3
+    assert rows["stated"]["recall"] == [75.0, 75.0] and rows["stated"]["precision"] == [100.0, 100.0]
+    assert math.isclose(rows["stated"]["f1"][0], 100 * 2 * 0.75 / 1.75)
+    assert rows["inferred"]["f1"][0] == 0.0 and math.isclose(rows["inferred"]["f1"][1], 200 / 3)
+    assert rows["inferred"]["f1_diff"]["point"] == rows["inferred"]["f1"][1]
+    assert rows["stated"]["f1_diff"]["ci95"] == [0.0, 0.0]  # identical predictions at both K
+    assert math.isclose(rows["all"]["f1"][1], evaluation.docred_scores(k3, report_gold())["f1"])
+    assert rows["all"]["seeds"] == 2
+    assert demo_report.main(["--gold", gold, "--runs", *runs]) == 2
+    assert "different numbers of passes: [2, 3]" in capsys.readouterr().err
