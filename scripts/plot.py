@@ -3,6 +3,7 @@
     python scripts/plot.py curves runs/x [runs/y ...] --out docs/curves.png
     python scripts/plot.py curves runs/full runs/no_cl --stage1 runs/stage1 --out docs/curves.png
     python scripts/plot.py weights --with runs/simsiam/best.pt --without runs/nocl/best.pt --out docs/fig5.png
+    python scripts/plot.py halves runs/a/best.pt [runs/b/best.pt ...]      (the numbers only, no plot)
 
 `curves`: train loss and dev F1 per epoch over both stages (stage 2 continues the x axis; its dev F1
 is the full model's, and the base module's F1 of the same epochs is drawn dashed). --stage1 RUN: the runs are
@@ -10,6 +11,8 @@ stage-2 runs started from RUN's best_stage1.pt (--load_path); RUN's stage-1 curv
 continue after it.
 `weights` (Figure 5): mean absolute weight of the inference classifier W_c (Eq. 12) on the feature half
 [F_NI] and on the relation half [R_NI] of its input, for a run with and one without the contrastive loss.
+`halves`: those two numbers for each checkpoint given, as JSON (PyTorch's initialisation of a Linear layer
+with 2D inputs gives 1 / (2 sqrt(2D)) on both: 0.0156 at D = 512).
 """
 import argparse
 import json
@@ -90,7 +93,12 @@ def main(argv=None):
     w.add_argument("--with", dest="with_cl", required=True, help="best.pt of a run with the contrastive loss")
     w.add_argument("--without", dest="without_cl", required=True, help="best.pt of a run without it")
     w.add_argument("--out", default="docs/fig5_classifier_weights.png")
+    h = sub.add_parser("halves")
+    h.add_argument("checkpoints", nargs="+", help="best.pt files")
     args = p.parse_args(argv)
+    if args.cmd == "halves":
+        print(json.dumps({path: dict(zip(("F", "R"), classifier_halves(path))) for path in args.checkpoints}, indent=1))
+        return 0
     if args.cmd == "curves":
         plot_curves(args.runs, args.out, args.stage1)
     else:

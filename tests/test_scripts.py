@@ -179,6 +179,20 @@ def test_plot_weights_names_the_classifier_layout():
     assert m.classifier.weight.shape == (5, 32)
 
 
+def test_plot_halves_of_one_and_two_layer_classifiers(tmp_path, capsys):
+    """`plot.py halves`: mean |W| over the first D and the last D inputs of the classifier's first layer."""
+    w1 = torch.cat([torch.full((5, 4), 0.5), torch.full((5, 4), -0.25)], 1)  # [C, 2D], D = 4
+    w2 = torch.cat([torch.full((3, 4), -2.0), torch.full((3, 4), 1.0)], 1)   # [D', 2D] then a second layer
+    paths = []
+    for name, state in (("one", {"inference.classifier.weight": w1}),
+                        ("two", {"inference.classifier.0.weight": w2, "inference.classifier.3.weight": w1})):
+        paths.append(str(tmp_path / f"{name}.pt"))
+        torch.save({"model": state}, paths[-1])
+    assert plot.main(["halves", *paths]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {paths[0]: {"F": 0.5, "R": 0.25}, paths[1]: {"F": 2.0, "R": 1.0}}
+
+
 # ---------------------------------------------------------------- demo report
 def report_gold():
     """Two documents: 4 stated and 3 inferred facts in all; one fact listed twice (counted once)."""
