@@ -69,6 +69,14 @@ def write_dataset(folder, n_train=4, n_dev=2, n_test=2, test_labelled=True):
             "dev": write_docs(folder, "dev.json", dev), "test": write_docs(folder, "test.json", test)}
 
 
+def run_env(tmp_path_factory, name):
+    """What a module of training tests shares: a tiny encoder folder, a feature cache folder and a small dataset
+    (write_dataset's defaults) under a fresh temporary folder ``name``."""
+    root = tmp_path_factory.mktemp(name)
+    return {"root": root, "data": write_dataset(root / "data"), "model": tiny_model(root / "model"),
+            "cache": str(root / "cache")}
+
+
 def tiny_model(folder, hidden_size=32):
     """A randomly initialised 2-layer BERT (hidden 32) with the bundled tokenizer, saved to ``folder``."""
     import torch

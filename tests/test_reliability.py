@@ -33,10 +33,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    return {"root": root, "model": helpers.tiny_model(root / "model"), "cache": str(root / "cache"),
-            "data": helpers.write_dataset(root / "data", n_train=4, n_dev=2, n_test=2),
-            "data8": helpers.write_dataset(root / "data8", n_train=8, n_dev=2, n_test=2)}
+    env = helpers.run_env(tmp_path_factory, "rel")  # its "data": 4 / 2 / 2 documents
+    env["data8"] = helpers.write_dataset(env["root"] / "data8", n_train=8, n_dev=2, n_test=2)
+    return env
 
 
 def flags(env, save, *extra, data="data", stage1=1, stage2=1):

@@ -22,9 +22,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    return {"root": root, "data": helpers.write_dataset(root / "data"), "model": helpers.tiny_model(root / "model"),
-            "cache": str(root / "cache")}
+    return helpers.run_env(tmp_path_factory, "train")
 
 
 def run(env, save, *extra, stage1=2, stage2=0, lr=None):

@@ -22,9 +22,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wandb")
-    return {"root": root, "data": helpers.write_dataset(root / "data"), "model": helpers.tiny_model(root / "model"),
-            "cache": str(root / "cache")}
+    return helpers.run_env(tmp_path_factory, "wandb")
 
 
 class Recorder:
