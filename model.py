@@ -297,14 +297,15 @@ class DocREModel(nn.Module):
         return at_loss(logits, labels, weight=mask.float())
 
     @torch.no_grad()
-    def predict(self, batch, num_iterations):
+    def predict(self, batch, num_iterations, first_input=None):
         """Iterative inference (Fig. 2). Returns the scores [P, C] of every pass: P^(0) (the base logits),
-        P^(1), ..., P^(K); pass k+1 reads R_0^(k) = decode(scores of pass k). Scores are each pass's logits
-        (paper) or the base logits plus every pass's logits so far (--test_logits sum, the authors')."""
+        P^(1), ..., P^(K); pass k+1 reads R_0^(k) = decode(scores of pass k), the first pass decode(first_input)
+        when it is given. Scores are each pass's logits (paper) or the base logits plus every pass's logits so far
+        (--test_logits sum, the authors')."""
         pairs = Pairs.of(batch)
         feats, logits = self.base_forward(batch, pairs)
         return [logits] + self.inference.iterate(feats, logits, pairs, num_iterations, self.decode,
-                                                 accumulate=self.recipe.test_logits == "sum")
+                                                 accumulate=self.recipe.test_logits == "sum", first_input=first_input)
 
 
 # ---------------------------------------------------------------- portable checkpoints

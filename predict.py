@@ -29,19 +29,29 @@ from utils import (DataError, UsageError, atomic_write_json, autocast, collate_f
 
 
 @torch.no_grad()
-def pass_scores(model, features, batch_size, device, amp, num_iterations):
+def pass_scores(model, features, batch_size, device, amp, num_iterations, first_input=None):
     """The scores of passes 0..K (model.predict) of every document, in document order: per document a list of
-    K + 1 tensors [pairs of its hts, C] on the CPU. Batches are bucketed by length (less padding)."""
+    K + 1 tensors [pairs of its hts, C] on the CPU. Batches are bucketed by length (less padding).
+    ``first_input``: feature -> [pairs of its hts, C], read by the first pass instead of the base logits (a
+    diagnostic: scripts/oracle_relations.py)."""
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out = [None] * len(features)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = collate_fn([features[i] for i in idx])
-        with autocast(amp, device):
-            passes = model.predict(move_to(batch, device), num_iterations)
         packed = torch.full(batch["pair_mask"].shape, -1, dtype=torch.long)  # (b, s, o) -> packed pair index
         packed[batch["pair_mask"]] = torch.arange(batch["pair_index"].size(1))
+        given = None
+        if first_input is not None:
+            rows = [first_input(features[i]) for i in idx]
+            given = torch.zeros(batch["pair_index"].size(1), rows[0].size(1))  # [P, C] in packed pair order
+            for j, row in enumerate(rows):
+                h, t = batch["hts"][j].unbind(1)
+                given[packed[j, h, t]] = row
+            given = given.to(device)
+        with autocast(amp, device):
+            passes = model.predict(move_to(batch, device), num_iterations, first_input=given)
         passes = [p.float().cpu() for p in passes]
         for j, i in enumerate(idx):
             h, t = batch["hts"][j].unbind(1)

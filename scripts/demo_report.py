@@ -60,8 +60,10 @@ def _recall(correct, gold):
     return {"recall": 100.0 * correct / gold if gold else 0.0, "correct": correct, "gold": gold}
 
 
-def _kind_scores(correct, gold, correct_in_slots, predicted_in_slots):
-    return {**_recall(correct, gold), "precision": 100.0 * correct_in_slots / predicted_in_slots
+def kind_scores(correct, gold, predicted_in_slots):
+    """Recall of one kind of fact, and its precision within its slots (a correct prediction fills the slot of
+    the fact it names, so the correct predictions within the slots are the `correct` facts)."""
+    return {**_recall(correct, gold), "precision": 100.0 * correct / predicted_in_slots
             if predicted_in_slots else 0.0, "predicted": predicted_in_slots}
 
 
@@ -107,7 +109,7 @@ def score_predictions(gold_docs, submission, *, gold_path=None, pred_path=None):
     kinds = kind_doc_counts(gold_docs, submission)
     for c in COLUMNS:
         correct, in_slots, gold, _ = (int(v) for v in kinds[c].sum(0))
-        row[c] = _kind_scores(correct, gold, correct, in_slots) if marked else None
+        row[c] = kind_scores(correct, gold, in_slots) if marked else None
     row["by_relation"] = {}
     for r in sorted(set(by_relation) | set(per_relation_pred)):
         correct, gold = by_relation.get(r, (0, 0))

@@ -24,7 +24,7 @@ import demo_report  # noqa: E402
 import evaluation  # noqa: E402
 import predict  # noqa: E402
 import prepro  # noqa: E402
-from utils import DataError, Pairs, UsageError, autocast, collate_fn, move_to  # noqa: E402
+from utils import DataError, UsageError  # noqa: E402
 
 
 def stated_relations(feature, doc, num_class):
@@ -38,47 +38,24 @@ def stated_relations(feature, doc, num_class):
     return out
 
 
-def oracle_scores(predictor, features, docs):
-    """Like predict.pass_scores, with the first pass reading the stated gold relations."""
-    model, device = predictor.model, predictor.device
-    by_title = {d["title"]: d for d in docs}
-    out = []
-    for start in range(0, len(features), predictor.batch_size):
-        chunk = features[start:start + predictor.batch_size]
-        batch = collate_fn(chunk)
-        packed = torch.full(batch["pair_mask"].shape, -1, dtype=torch.long)  # (b, s, o) -> packed pair index
-        packed[batch["pair_mask"]] = torch.arange(batch["pair_index"].size(1))
-        hts = batch["hts"]
-        with torch.no_grad(), autocast(predictor.amp, device):
-            batch = move_to(batch, device)
-            pairs = Pairs.of(batch)
-            feats, logits = model.base_forward(batch, pairs)
-            given = torch.zeros(logits.shape)  # [P, C] in the batch's packed pair order
-            for j, f in enumerate(chunk):
-                h, t = hts[j].unbind(1)
-                given[packed[j, h, t]] = stated_relations(f, by_title[f["title"]], logits.size(-1))
-            passes = [logits] + model.inference.iterate(
-                feats, logits, pairs, predictor.num_iterations, model.decode,
-                accumulate=model.recipe.test_logits == "sum", first_input=given.to(device))
-        passes = [p.float().cpu() for p in passes]
-        for j in range(len(chunk)):
-            h, t = hts[j].unbind(1)
-            out.append([p[packed[j, h, t]] for p in passes])
-    return out
-
-
 def diagnose(path, gold, gold_path):
     """demo_report rows of one checkpoint: its own predictions, then those with the stated gold facts as R_0."""
     predictor = predict.Predictor.from_checkpoint(path, device="cpu")
     if predictor.num_iterations < 1:
         raise UsageError(f"{path}: a stage-1 checkpoint has no trained inference module")
-    # with their labels (Predictor.features drops them), in the order of Predictor.scores
+    # with their labels (Predictor.features drops them; predictions do not read them)
     features = prepro.docred_features(gold, predictor.tokenizer, predictor.args.max_seq_length, predictor.rel2id,
                                       gold_path)
     k, id2rel, num_labels = predictor.num_iterations, predictor.id2rel, predictor.args.num_labels
-    _, trained = predictor.scores(gold, gold_path)
-    given = oracle_scores(predictor, features, gold)
-    preds = [(f"K={k}, R_0 from the base module (as trained)", predict.official(trained, features, num_labels, id2rel)),
+    by_title = {d["title"]: d for d in gold}
+
+    def scores(first_input=None):
+        return predict.pass_scores(predictor.model, features, predictor.batch_size, predictor.device, predictor.amp,
+                                   k, first_input)
+
+    given = scores(lambda f: stated_relations(f, by_title[f["title"]], len(id2rel)))
+    preds = [(f"K={k}, R_0 from the base module (as trained)", predict.official(scores(), features, num_labels,
+                                                                                id2rel)),
              (f"K={k}, R_0 = the stated gold facts", predict.official(given, features, num_labels, id2rel))]
     return demo_report.report(gold, preds, gold_path=gold_path)
 
@@ -93,8 +70,7 @@ def mean_rows(runs):
         for kind in demo_report.COLUMNS:
             correct, gold, predicted = (sum(run[i][kind][key] for run in runs)
                                         for key in ("correct", "gold", "predicted"))
-            # every correct fact fills its own slot: the correct predictions within the slots are `correct`
-            row[kind] = demo_report._kind_scores(correct, gold, correct, predicted)
+            row[kind] = demo_report.kind_scores(correct, gold, predicted)
         rows.append(row)
     return rows
 
