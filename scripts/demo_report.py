@@ -16,9 +16,10 @@ inferred ones, with their counts. A gold fact is the unique (title, r, h, t); it
 labels says so. Recall alone rewards guessing every candidate (with two countries in a document, a
 citizenship predicted for both has recall 100), so each kind also gets a precision: over the predictions
 that fill a slot (title, r, h) of a gold fact of that kind, the share that is a gold fact; predictions for
-slots without a gold fact count in neither. A gold file in which no label has an "inferred" key at all (DocRED, Re-DocRED) has no such
-split: the stated and inferred columns are then empty (None in the JSON). The JSON also has each relation's
-recall and precision ("by_relation"): recall alone rewards predicting a relation for every candidate pair.
+slots without a gold fact count in neither. A gold file in which no label has an "inferred" key at all
+(DocRED, Re-DocRED) has no such split: the table then leaves out the stated and inferred columns (None in the
+JSON). The JSON also has each relation's recall and precision ("by_relation"): recall alone rewards predicting
+a relation for every candidate pair.
 
 With --runs (one run folder of scripts/run_demo.sh per training seed: RUN/k0/dev_result.json is the base
 module alone, RUN/dev_result.json the full model) the report is over the seeds: for all facts, the stated
@@ -129,19 +130,20 @@ def report(gold_docs, predictions, *, gold_path=None):
 
 
 def format_table(rows):
-    """Markdown table of report() rows."""
+    """Markdown table of report() rows; the stated / inferred columns only where the gold file marks them."""
     def cells(part):
         if part is None:
-            return "- | -"
+            return " - | - |"
         correct_in_slots = round(part["precision"] * part["predicted"] / 100)
-        return (f"{part['recall']:.2f} ({part['correct']}/{part['gold']}) | "
-                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']})")
-    lines = ["| predictions | precision | recall | F1 | stated: recall | stated: precision | inferred: recall "
-             "| inferred: precision |",
-             "|---|---|---|---|---|---|---|---|"]
+        return (f" {part['recall']:.2f} ({part['correct']}/{part['gold']}) | "
+                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']}) |")
+    marked = any(row[kind] is not None for row in rows for kind in COLUMNS)
+    lines = ["| predictions | precision | recall | F1 |"
+             + (" stated: recall | stated: precision | inferred: recall | inferred: precision |" if marked else ""),
+             "|---|---|---|---|" + ("---|" * 4 if marked else "")]
     for row in rows:
-        lines.append(f"| {row['label']} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} | "
-                     f"{cells(row['stated'])} | {cells(row['inferred'])} |")
+        lines.append(f"| {row['label']} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} |"
+                     + (cells(row["stated"]) + cells(row["inferred"]) if marked else ""))
     return "\n".join(lines)
 
 

@@ -255,13 +255,14 @@ def test_demo_report_unmarked_gold_and_cli(tmp_path, capsys):
     assert demo_report.main(["--gold", paths["gold"], "--pred", f"K=0 (base module)={paths['k0']}",
                              "--pred", paths["k3"], "--json", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "| K=0 (base module) | 75.00 | 42.86 | 54.55 | - | - | - | - |"
+    assert lines[0] == "| predictions | precision | recall | F1 |" and lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| K=0 (base module) | 75.00 | 42.86 | 54.55 |"
     assert lines[3].startswith(f"| {paths['k3']} | 83.33 |")  # a bare path labels itself
     rows = json.loads(out.read_text())
     assert rows[0]["stated"] is None and rows[0]["inferred"] is None and rows[1]["num_correct"] == 5
     # --max_docs 1: the first gold document alone (3 unique facts) and the predictions for it
     assert demo_report.main(["--gold", paths["gold"], "--pred", f"a={paths['k0']}", "--max_docs", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[2] == "| a | 100.00 | 66.67 | 80.00 | - | - | - | - |"
+    assert capsys.readouterr().out.splitlines()[2] == "| a | 100.00 | 66.67 | 80.00 |"
 
 
 def test_demo_report_errors(tmp_path, capsys):
