@@ -40,22 +40,34 @@ def pass_scores(model, features, batch_size, device, amp, num_iterations, first_
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = collate_fn([features[i] for i in idx])
-        packed = torch.full(batch["pair_mask"].shape, -1, dtype=torch.long)  # (b, s, o) -> packed pair index
-        packed[batch["pair_mask"]] = torch.arange(batch["pair_index"].size(1))
+        packed = packed_index(batch)
         given = None
         if first_input is not None:
-            rows = [first_input(features[i]) for i in idx]
-            given = torch.zeros(batch["pair_index"].size(1), rows[0].size(1))  # [P, C] in packed pair order
-            for j, row in enumerate(rows):
-                h, t = batch["hts"][j].unbind(1)
-                given[packed[j, h, t]] = row
-            given = given.to(device)
+            given = pack_rows(batch, [first_input(features[i]) for i in idx]).to(device)
         with autocast(amp, device):
             passes = model.predict(move_to(batch, device), num_iterations, first_input=given)
         passes = [p.float().cpu() for p in passes]
         for j, i in enumerate(idx):
             h, t = batch["hts"][j].unbind(1)
             out[i] = [p[packed[j, h, t]] for p in passes]
+    return out
+
+
+def packed_index(batch):
+    """[B, N, N] long: the packed pair index (Pairs order) of each valid (b, s, o) of a collate_fn batch, else -1."""
+    packed = torch.full(batch["pair_mask"].shape, -1, dtype=torch.long)
+    packed[batch["pair_mask"]] = torch.arange(batch["pair_index"].size(1))
+    return packed
+
+
+def pack_rows(batch, rows):
+    """Per-document rows [pairs of its hts, C] -> one [P, C] tensor in the batch's packed pair order (pairs not in
+    any document's hts: zeros)."""
+    packed = packed_index(batch)
+    out = torch.zeros(batch["pair_index"].size(1), rows[0].size(1))
+    for j, row in enumerate(rows):
+        h, t = batch["hts"][j].unbind(1)
+        out[packed[j, h, t]] = row
     return out
 
 

@@ -212,3 +212,49 @@ def test_oracle_relations_diagnostic(env, tmp_path, capsys):
         assert decoded == [stated.get((h, t), 0) for h, t in f["hts"]]
     assert oracle_relations.main(["--checkpoint", str(env["stage1"]), "--gold", gold]) == 2
     assert "stage-1 checkpoint" in capsys.readouterr().err
+
+
+def test_pack_rows_places_each_document_row_at_its_packed_pair():
+    features = [{"input_ids": [1, 2, 3], "entity_pos": [[(0, 1)], [(1, 2)], [(2, 3)]], "num_entities": 3,
+                 "num_class": 4, "hts": [[0, 1], [2, 0], [1, 2]], "labels": [[], [], []]},
+                {"input_ids": [1, 2], "entity_pos": [[(0, 1)], [(1, 2)]], "num_entities": 2, "num_class": 4,
+                 "hts": [[1, 0]], "labels": [[]]}]
+    batch = predict.collate_fn(features)
+    rows = [torch.arange(12.0).view(3, 4) + 1, torch.full((1, 4), -7.0)]
+    packed = predict.pack_rows(batch, rows)
+    b, s, o = batch["pair_index"]
+    assert packed.shape == (len(b), 4)
+    expected = {(0, 0, 1): rows[0][0], (0, 2, 0): rows[0][1], (0, 1, 2): rows[0][2], (1, 1, 0): rows[1][0]}
+    for i, key in enumerate(zip(b.tolist(), s.tolist(), o.tolist())):
+        assert torch.equal(packed[i], expected.get(key, torch.zeros(4)))
+
+
+def test_composition_probe_trains_the_inference_module_only(env, tmp_path, capsys):
+    """scripts/composition_probe.py: the base module is untouched, the inference module changes and its training
+    loss falls; the report's first row reads the stated gold facts; a stage-1 checkpoint is refused."""
+    sys.path.insert(0, str(helpers.ROOT / "scripts"))
+    import composition_probe
+    import make_demo_data
+    splits = make_demo_data.make_splits({"train": 4, "dev": 3}, seed=4)
+    paths = {k: helpers.write_docs(tmp_path, f"{k}.json", docs) for k, docs in splits.items()}
+    before = torch.load(env["ckpt"], weights_only=True)["model"]
+    args = composition_probe.parse_args(["--checkpoint", str(env["ckpt"]), "--train", paths["train"], "--dev",
+                                         paths["dev"], "--epochs", "3", "--lr", "1e-2", "--device", "cpu"])
+    history, model = composition_probe.probe(args)
+    trained = model.state_dict()
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [r["label"] for r in history[-1]["rows"]] == ["R_0 = the stated gold facts", "R_0 from the base module"]
+    assert [r["label"] for r in history[0]["rows"]] == ["R_0 = the stated gold facts"]
+    assert "train_rows" not in history[0] and history[-1]["train_rows"][0]["stated"]["gold"] == sum(
+        1 for doc in splits["train"] for lab in doc["labels"] if not lab["inferred"])
+    changed = {k for k in before if not torch.equal(before[k], trained[k])}
+    assert changed and all(k.startswith("inference.") for k in changed)
+    out = tmp_path / "probe.json"
+    assert composition_probe.main(["--checkpoint", str(env["ckpt"]), "--train", paths["train"], "--dev",
+                                   paths["dev"], "--epochs", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["epochs"][0]["rows"][0]["label"] == "R_0 = the stated gold facts"
+    assert "| R_0 from the base module |" in capsys.readouterr().out
+    assert composition_probe.main(["--checkpoint", str(env["stage1"]), "--train", paths["train"], "--dev",
+                                   paths["dev"]]) == 2
+    assert "stage-1 checkpoint has no inference module" in capsys.readouterr().err
