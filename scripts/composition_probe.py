@@ -12,9 +12,10 @@ fact, and there is no noise and no contrastive loss. That is the easiest setting
 only way to lower the loss further. After each epoch the dev report (scripts/demo_report.py) of that pass with
 R_0 = the dev documents' stated gold facts; at the end also with R_0 = the base module's predictions, and the
 report on the training documents (does the module fit what it was trained on?). If the never-stated facts'
-precision within their slots (chance: 50, two countries per document) rises well above chance, the module can
-combine facts and the training recipes are what keep it from learning to; if it stays at chance here, it
-cannot at this size and data, whatever the recipe.
+precision within their slots (chance: 50, two countries per document; its 95% interval from resampling the
+documents is printed beside it) rises well above chance, the module can combine facts and the training recipes
+are what keep it from learning to; if it stays at chance here, it cannot at this size and data, whatever the
+recipe.
 """
 import argparse
 import dataclasses
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,7 +80,20 @@ def pass_rows(predictor, features, gold, gold_path, with_base=False):
         scores(lambda f: stated_relations(f, by_title[f["title"]], len(id2rel))), features, num_labels, id2rel))]
     if with_base:
         preds.append(("R_0 from the base module", predict.official(scores(), features, num_labels, id2rel)))
-    return demo_report.report(gold, preds, gold_path=gold_path)
+    rows = demo_report.report(gold, preds, gold_path=gold_path)
+    for row, (_, submission) in zip(rows, preds):
+        row["inferred"]["precision_ci95"] = precision_interval(
+            demo_report.kind_doc_counts(gold, submission)["inferred"])
+    return rows
+
+
+def precision_interval(counts, samples=1000, seed=0):
+    """95% interval of a kind's precision within its slots over documents resampled with replacement: counts
+    [docs, 4] of demo_report.kind_doc_counts (correct, predicted in the slots, gold, 0)."""
+    rng = np.random.default_rng(seed)
+    sums = counts[rng.integers(0, len(counts), size=(samples, len(counts)))].sum(1)  # [samples, 4]
+    precision = 100 * sums[:, 0] / np.maximum(sums[:, 1], 1)
+    return [float(np.percentile(precision, 2.5)), float(np.percentile(precision, 97.5))]
 
 
 def probe(args):
@@ -126,9 +141,10 @@ def probe(args):
         if last:  # does it fit the documents it was trained on?
             history[-1]["train_rows"] = pass_rows(predictor, features["train"], docs["train"], args.train)
         inferred, stated = rows[0]["inferred"], rows[0]["stated"]
+        low, high = inferred["precision_ci95"]
         print(f"epoch {epoch}: train loss {total / len(train):.4f}, dev F1 {rows[0]['f1']:.2f}, stated recall / "
               f"precision {stated['recall']:.2f} / {stated['precision']:.2f}, never stated "
-              f"{inferred['recall']:.2f} / {inferred['precision']:.2f}", flush=True)
+              f"{inferred['recall']:.2f} / {inferred['precision']:.2f} [{low:.2f}, {high:.2f}]", flush=True)
     return history, model
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,6 +230,16 @@ def test_pack_rows_places_each_document_row_at_its_packed_pair():
         assert torch.equal(packed[i], expected.get(key, torch.zeros(4)))
 
 
+def test_composition_probe_precision_interval():
+    sys.path.insert(0, str(helpers.ROOT / "scripts"))
+    import composition_probe
+    same = np.tile([3.0, 4.0, 5.0, 0.0], (6, 1))  # every document 3 of 4: no spread
+    assert composition_probe.precision_interval(same) == [75.0, 75.0]
+    mixed = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]] * 20)  # 20 of 40 right
+    low, high = composition_probe.precision_interval(mixed, samples=2000)
+    assert 30 < low < 50 < high < 70
+
+
 def test_composition_probe_trains_the_inference_module_only(env, tmp_path, capsys):
     """scripts/composition_probe.py: the base module is untouched, the inference module changes and its training
     loss falls; the report's first row reads the stated gold facts; a stage-1 checkpoint is refused."""
@@ -248,6 +259,9 @@ def test_composition_probe_trains_the_inference_module_only(env, tmp_path, capsy
     assert [r["label"] for r in history[0]["rows"]] == ["R_0 = the stated gold facts"]
     assert "train_rows" not in history[0] and history[-1]["train_rows"][0]["stated"]["gold"] == sum(
         1 for doc in splits["train"] for lab in doc["labels"] if not lab["inferred"])
+    for row in history[-1]["rows"]:
+        low, high = row["inferred"]["precision_ci95"]
+        assert low <= row["inferred"]["precision"] <= high
     changed = {k for k in before if not torch.equal(before[k], trained[k])}
     assert changed and all(k.startswith("inference.") for k in changed)
     out = tmp_path / "probe.json"
