@@ -43,7 +43,7 @@ def pass_scores(model, features, batch_size, device, amp, num_iterations, first_
         packed = packed_index(batch)
         given = None
         if first_input is not None:
-            given = pack_rows(batch, [first_input(features[i]) for i in idx]).to(device)
+            given = pack_rows(batch, [first_input(features[i]) for i in idx], packed).to(device)
         with autocast(amp, device):
             passes = model.predict(move_to(batch, device), num_iterations, first_input=given)
         passes = [p.float().cpu() for p in passes]
@@ -60,10 +60,9 @@ def packed_index(batch):
     return packed
 
 
-def pack_rows(batch, rows):
+def pack_rows(batch, rows, packed):
     """Per-document rows [pairs of its hts, C] -> one [P, C] tensor in the batch's packed pair order (pairs not in
-    any document's hts: zeros)."""
-    packed = packed_index(batch)
+    any document's hts: zeros). ``packed``: packed_index(batch)."""
     out = torch.zeros(batch["pair_index"].size(1), rows[0].size(1))
     for j, row in enumerate(rows):
         h, t = batch["hts"][j].unbind(1)

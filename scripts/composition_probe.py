@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_report  # noqa: E402
 import evaluation  # noqa: E402
+import oracle_relations  # noqa: E402
 import predict  # noqa: E402
 import prepro  # noqa: E402
 from losses import at_loss  # noqa: E402
-from oracle_relations import stated_relations  # noqa: E402
 from utils import DataError, Pairs, UsageError, autocast, collate_fn, move_to, set_seed  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def cached_batches(predictor, features, docs, batch_size):
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size]
         batch = collate_fn(chunk)
-        given = predict.pack_rows(batch, [stated_relations(f, by_title[f["title"]], len(predictor.id2rel))
-                                          for f in chunk])
+        rows = [oracle_relations.stated_relations(f, by_title[f["title"]], len(predictor.id2rel)) for f in chunk]
+        given = predict.pack_rows(batch, rows, predict.packed_index(batch))
         batch = move_to(batch, device)
         pairs = Pairs.of(batch)
         with torch.no_grad(), autocast(amp, device):
@@ -69,17 +69,8 @@ def reinitialise(module, rel_emb_init):
 def pass_rows(predictor, features, gold, gold_path, with_base=False):
     """demo_report rows of one pass over labelled documents: R_0 = the stated gold facts (and the base module's
     predictions with ``with_base``)."""
-    by_title = {d["title"]: d for d in gold}
-    model, num_labels, id2rel = predictor.model, predictor.args.num_labels, predictor.id2rel
-
-    def scores(first_input=None):
-        return predict.pass_scores(model, features, predictor.batch_size, predictor.device, predictor.amp, 1,
-                                   first_input)
-
-    preds = [("R_0 = the stated gold facts", predict.official(
-        scores(lambda f: stated_relations(f, by_title[f["title"]], len(id2rel))), features, num_labels, id2rel))]
-    if with_base:
-        preds.append(("R_0 from the base module", predict.official(scores(), features, num_labels, id2rel)))
+    labels = ["R_0 = the stated gold facts", "R_0 from the base module"]
+    preds = list(zip(labels, oracle_relations.submissions(predictor, features, gold, 1, own=with_base)))
     rows = demo_report.report(gold, preds, gold_path=gold_path)
     for row, (_, submission) in zip(rows, preds):
         row["inferred"]["precision_ci95"] = precision_interval(

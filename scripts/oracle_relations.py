@@ -38,6 +38,21 @@ def stated_relations(feature, doc, num_class):
     return out
 
 
+def submissions(predictor, features, gold, passes, own=True):
+    """CodaLab entries after ``passes`` passes whose first reads the stated gold facts, and (``own``) those of the
+    model as trained (first pass reading the base module's logits): [given, own] or [given]."""
+    by_title = {d["title"]: d for d in gold}
+    id2rel, num_labels = predictor.id2rel, predictor.args.num_labels
+
+    def official(first_input=None):
+        scores = predict.pass_scores(predictor.model, features, predictor.batch_size, predictor.device,
+                                     predictor.amp, passes, first_input)
+        return predict.official(scores, features, num_labels, id2rel)
+
+    given = official(lambda f: stated_relations(f, by_title[f["title"]], len(id2rel)))
+    return [given, official()] if own else [given]
+
+
 def diagnose(path, gold, gold_path):
     """demo_report rows of one checkpoint: its own predictions, then those with the stated gold facts as R_0."""
     predictor = predict.Predictor.from_checkpoint(path, device="cpu")
@@ -46,17 +61,9 @@ def diagnose(path, gold, gold_path):
     # with their labels (Predictor.features drops them; predictions do not read them)
     features = prepro.docred_features(gold, predictor.tokenizer, predictor.args.max_seq_length, predictor.rel2id,
                                       gold_path)
-    k, id2rel, num_labels = predictor.num_iterations, predictor.id2rel, predictor.args.num_labels
-    by_title = {d["title"]: d for d in gold}
-
-    def scores(first_input=None):
-        return predict.pass_scores(predictor.model, features, predictor.batch_size, predictor.device, predictor.amp,
-                                   k, first_input)
-
-    given = scores(lambda f: stated_relations(f, by_title[f["title"]], len(id2rel)))
-    preds = [(f"K={k}, R_0 from the base module (as trained)", predict.official(scores(), features, num_labels,
-                                                                                id2rel)),
-             (f"K={k}, R_0 = the stated gold facts", predict.official(given, features, num_labels, id2rel))]
+    k = predictor.num_iterations
+    given, own = submissions(predictor, features, gold, k)
+    preds = [(f"K={k}, R_0 from the base module (as trained)", own), (f"K={k}, R_0 = the stated gold facts", given)]
     return demo_report.report(gold, preds, gold_path=gold_path)
 
 

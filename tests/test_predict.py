@@ -222,7 +222,7 @@ def test_pack_rows_places_each_document_row_at_its_packed_pair():
                  "hts": [[1, 0]], "labels": [[]]}]
     batch = predict.collate_fn(features)
     rows = [torch.arange(12.0).view(3, 4) + 1, torch.full((1, 4), -7.0)]
-    packed = predict.pack_rows(batch, rows)
+    packed = predict.pack_rows(batch, rows, predict.packed_index(batch))
     b, s, o = batch["pair_index"]
     assert packed.shape == (len(b), 4)
     expected = {(0, 0, 1): rows[0][0], (0, 2, 0): rows[0][1], (0, 1, 2): rows[0][2], (1, 1, 0): rows[1][0]}
