@@ -45,6 +45,7 @@ class Recipe:
     temperature: float = 0.1  # SimCLR only
     test_logits: str = "last"  # the K-th pass's logits; "sum": base logits + every pass's logits
     num_labels: int = 4  # at most this many relations per pair when decoding a multi-hot
+    withhold_max: float = 0.0  # beyond both readings: r ~ U(0, withhold_max) of the positives get R_0 = NA
 
     @classmethod
     def authors(cls, **changes):
@@ -107,6 +108,18 @@ def sampled_noise(positive, negative):
     return chosen
 
 
+def withhold(relations, eligible, max_rate):
+    """Not in the paper nor in the authors' code (--withhold_max): r ~ U(0, max_rate) of the eligible pairs of
+    the batch (the positives left un-noised) get R_0 = NA while they stay targets of the losses, so that stage 2
+    also trains the case that decides inference at test time: a fact the first predictions miss, to be found
+    from the other relations. [P, C] multi-hots in and out."""
+    rate = max_rate * torch.rand(1, device=eligible.device)
+    count = torch.round(rate * eligible.sum()).long()
+    chosen = choose(eligible, torch.zeros_like(eligible, dtype=torch.long), 1, count)
+    none = F.one_hot(torch.zeros_like(chosen, dtype=torch.long), relations.size(1)).to(relations)
+    return torch.where(chosen[:, None], none, relations)
+
+
 def parse_loss_weights(text):
     """'1,1,0,1' -> (base AT, view-A AT, view-B AT, contrastive) weights."""
     try:
@@ -124,9 +137,10 @@ def build_model(args, num_class, encoder, start_ids, end_ids):
     inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
                                 args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion,
                                 args.classifier_layers, args.rel_emb_init)
+    # checkpoints written before --withhold_max existed do not record it: their runs had it off
     recipe = Recipe(args.train_relations, args.relation_input, args.noise_on, args.noise_max, args.negative_ratio,
                     parse_loss_weights(args.loss_weights), args.contrastive, args.contrastive_target,
-                    args.temperature, args.test_logits, args.num_labels)
+                    args.temperature, args.test_logits, args.num_labels, getattr(args, "withhold_max", 0.0))
     return DocREModel(base, inference, recipe, args.freeze_base)
 
 
@@ -287,6 +301,8 @@ class DocREModel(nn.Module):
             negatives = (is_scored if loss_mask is None else loss_mask) & ~positive
             chosen = sampled_noise(positive, negatives)
         noisy = replace_relations(clean, gold * is_scored[:, None], chosen)
+        if r.withhold_max:
+            noisy = withhold(noisy, positive & ~chosen, r.withhold_max)
         return (noisy if r.relation_input == "multihot" else noisy.argmax(-1)), loss_mask
 
     @staticmethod

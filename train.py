@@ -128,6 +128,9 @@ def build_parser():
       help="Eq. (12)'s classifier: linear (1), or Linear-Dropout-LayerNorm-Linear (2, authors)")
     a("--stage2_base_params", choices=["all", "encoder"], default="all",
       help="base-module parameters trained in stage 2: all, or the encoder only (authors: the head is frozen)")
+    a("--withhold_max", type=float, default=0.0,
+      help="not in the paper nor the authors' code: r ~ U(0, this) of the positives get R_0 = NA in stage-2 "
+           "training and stay targets (0 = off)")
     a("--skip_stage1", action="store_true", help="ablation w/o pre-training: stage 2 from the raw encoder")
     a("--freeze_base", action="store_true", help="ablation: the base module is frozen in stage 2")
     a("--warmup_ratio", type=float, default=0.06)
@@ -237,8 +240,9 @@ def validate_args(args):
                  "inference_dim", "eca_heads_per_line", "max_seq_length", "log_every", "max_bad_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.noise_max <= 1:
-        raise UsageError(f"--noise_max must be in [0, 1], got {args.noise_max}")
+    for name in ("noise_max", "withhold_max"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"--{name} must be in [0, 1], got {getattr(args, name)}")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.warmup_ratio > 1:

@@ -1,6 +1,7 @@
 """The two readings of stage 2 (model.Recipe, train.py --recipe): which pairs get noise and at what rates, which
 pairs enter each loss, the loss weights, the contrastive target, the relation input, the test-time score, the
 optimiser groups and the flag presets. Tiny random BERT only."""
+import argparse
 import math
 
 import pytest
@@ -11,8 +12,9 @@ import helpers
 import train
 import utils
 from losses import at_loss, get_label, simsiam_loss
-from model import choose, sample_negatives, sampled_noise
-from test_model import C, build, make_batch
+from model import choose, sample_negatives, sampled_noise, withhold
+from model import build_model
+from test_model import C, CLS, SEP, build, make_batch, tiny_encoder
 from utils import Pairs
 
 
@@ -104,6 +106,52 @@ def test_training_view_paper_reading_uses_predictions_and_all_pairs():
         assert (gold[changed, ids[changed]] == 0).all()  # neither the prediction nor a gold relation
         seen |= changed
     assert seen.all()  # every valid pair, positive or not, can get noise
+
+
+def test_withhold_sets_na_on_eligible_pairs_at_rate_up_to_the_maximum():
+    relations = F.one_hot(torch.randint(1, C, (200,)), C).float()
+    eligible = torch.zeros(200, dtype=torch.bool)
+    eligible[::2] = True
+    torch.manual_seed(7)
+    counts = []
+    for _ in range(300):
+        out = withhold(relations, eligible, 0.6)
+        dropped = (out != relations).any(1)
+        assert not (dropped & ~eligible).any()
+        assert (out[dropped] == F.one_hot(torch.zeros(1, dtype=torch.long), C).float()).all()  # NA, no relation
+        counts.append(int(dropped.sum()))
+    # round(r * 100), r ~ U(0, 0.6): between 0 and 60, mean 30
+    assert min(counts) >= 0 and max(counts) <= 60 and abs(sum(counts) / 300 - 30) < 2.5
+
+
+@pytest.mark.parametrize("source", ["pred", "gold"])
+def test_training_view_withholds_only_positives_and_keeps_them_in_the_loss(source):
+    model = build(train_relations=source, relation_input="multihot", noise_on="sampled", negative_ratio=1,
+                  withhold_max=1.0)
+    batch = make_batch()
+    pairs, _, gold, is_scored, positive = stage2_inputs(model, batch)
+    logits0 = 10 * gold - 5  # first predictions = the gold labels, so that withholding one changes R_0
+    plain = build(train_relations=source, relation_input="multihot", noise_on="sampled", negative_ratio=1)
+    plain.load_state_dict(model.state_dict())
+    na = F.one_hot(torch.zeros(1, dtype=torch.long), C).float()
+    withheld = torch.zeros(len(gold), dtype=torch.bool)
+    for seed in range(40):
+        torch.manual_seed(seed)
+        noised, mask = plain.training_view(logits0, gold, pairs, is_scored, positive)
+        torch.manual_seed(seed)  # the same noise and loss pairs, then the withheld positives on top
+        view, mask_w = model.training_view(logits0, gold, pairs, is_scored, positive)
+        assert torch.equal(mask, mask_w)
+        changed = (view != noised).any(1)
+        assert not (changed & ~positive).any() and (view[changed] == na).all() and mask[changed].all()
+        withheld |= changed
+    assert withheld.sum() >= 1
+
+
+def test_checkpoint_args_without_withhold_max_build_the_model_with_it_off():
+    saved = vars(train.parse_args(["--recipe", "authors"]))
+    del saved["withhold_max"]  # the flags a checkpoint written before --withhold_max records
+    model = build_model(argparse.Namespace(**saved), C, tiny_encoder(), [CLS], [SEP])
+    assert model.recipe.withhold_max == 0.0 and model.recipe.train_relations == "gold"
 
 
 def test_loss_on_a_mask_equals_the_loss_on_those_pairs():

@@ -324,6 +324,7 @@ def bad_cases(env, ckpt, tmp):
         "negative_num_iterations": (train_flags("--num_iterations", "-1"), ["--num_iterations", "-1"]),
         "resume_not_a_run": (["--resume", str(tmp)], ["checkpoint not found", str(tmp / "last.pt")]),
         "negative_seed": (train_flags("--seed", "-1"), ["--seed", "-1"]),
+        "withhold_above_one": (train_flags("--withhold_max", "1.5"), ["--withhold_max", "[0, 1]", "1.5"]),
         "negative_num_workers": (train_flags("--num_workers", "-1"), ["--num_workers", "-1"]),
         "empty_model_folder": (train_flags("--model_name_or_path", str(empty_model)),
                                ["--model_name_or_path", str(empty_model), "config.json"]),
@@ -343,7 +344,7 @@ def bad_cases(env, ckpt, tmp):
 BAD_CASES = ["missing_data_file", "missing_model_folder", "cdr_file_as_docred", "docred_file_as_cdr",
              "fewer_classes_flag", "fewer_classes_weights", "other_encoder_flag", "other_encoder_weights",
              "not_a_checkpoint", "no_document_with_two_entities", "duplicated_titles", "negative_lr",
-             "negative_num_iterations", "resume_not_a_run", "negative_seed", "negative_num_workers",
+             "negative_num_iterations", "resume_not_a_run", "negative_seed", "withhold_above_one", "negative_num_workers",
              "empty_model_folder", "broken_model_config", "wrong_model_config", "nothing_to_train",
              "freeze_base_without_stage1", "roberta_type_on_bert_model"]
 
