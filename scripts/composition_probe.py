@@ -23,7 +23,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,20 +70,7 @@ def pass_rows(predictor, features, gold, gold_path, with_base=False):
     predictions with ``with_base``)."""
     labels = ["R_0 = the stated gold facts", "R_0 from the base module"]
     preds = list(zip(labels, oracle_relations.submissions(predictor, features, gold, 1, own=with_base)))
-    rows = demo_report.report(gold, preds, gold_path=gold_path)
-    for row, (_, submission) in zip(rows, preds):
-        row["inferred"]["precision_ci95"] = precision_interval(
-            demo_report.kind_doc_counts(gold, submission)["inferred"])
-    return rows
-
-
-def precision_interval(counts, samples=1000, seed=0):
-    """95% interval of a kind's precision within its slots over documents resampled with replacement: counts
-    [docs, 4] of demo_report.kind_doc_counts (correct, predicted in the slots, gold, 0)."""
-    rng = np.random.default_rng(seed)
-    sums = counts[rng.integers(0, len(counts), size=(samples, len(counts)))].sum(1)  # [samples, 4]
-    precision = 100 * sums[:, 0] / np.maximum(sums[:, 1], 1)
-    return [float(np.percentile(precision, 2.5)), float(np.percentile(precision, 97.5))]
+    return demo_report.report(gold, preds, gold_path=gold_path)
 
 
 def probe(args):

@@ -15,8 +15,8 @@ evaluation.docred_scores), and recall over the stated facts (no "inferred" key, 
 inferred ones, with their counts. A gold fact is the unique (title, r, h, t); it is inferred when one of its
 labels says so. Recall alone rewards guessing every candidate (with two countries in a document, a
 citizenship predicted for both has recall 100), so each kind also gets a precision: over the predictions
-that fill a slot (title, r, h) of a gold fact of that kind, the share that is a gold fact; predictions for
-slots without a gold fact count in neither. A gold file in which no label has an "inferred" key at all
+that fill a slot (title, r, h) of a gold fact of that kind, the share that is a gold fact, with its 95% interval
+from resampling the documents; predictions for slots without a gold fact count in neither. A gold file in which no label has an "inferred" key at all
 (DocRED, Re-DocRED) has no such split: the table then leaves out the stated and inferred columns (None in the
 JSON). The JSON also has each relation's recall and precision ("by_relation"): recall alone rewards predicting
 a relation for every candidate pair.
@@ -68,6 +68,15 @@ def kind_scores(correct, gold, predicted_in_slots):
             if predicted_in_slots else 0.0, "predicted": predicted_in_slots}
 
 
+def precision_interval(counts, samples=1000, seed=0):
+    """95% interval of a kind's precision within its slots over documents resampled with replacement: counts
+    [docs, 4] of kind_doc_counts (correct, predicted in the slots, gold, 0)."""
+    rng = np.random.default_rng(seed)
+    sums = counts[rng.integers(0, len(counts), size=(samples, len(counts)))].sum(1)  # [samples, 4]
+    precision = 100 * sums[:, 0] / np.maximum(sums[:, 1], 1)
+    return [float(np.percentile(precision, 2.5)), float(np.percentile(precision, 97.5))]
+
+
 def kind_doc_counts(gold_docs, submission):
     """{kind: [len(gold_docs), 4] array} of per-document counts in bootstrap.COUNTS order, for the stated and
     the inferred facts apart: #gold facts of that kind predicted, #predictions that fill a slot (title, r, h)
@@ -110,7 +119,8 @@ def score_predictions(gold_docs, submission, *, gold_path=None, pred_path=None):
     kinds = kind_doc_counts(gold_docs, submission)
     for c in COLUMNS:
         correct, in_slots, gold, _ = (int(v) for v in kinds[c].sum(0))
-        row[c] = kind_scores(correct, gold, in_slots) if marked else None
+        row[c] = {**kind_scores(correct, gold, in_slots), "precision_ci95": precision_interval(kinds[c])} \
+            if marked else None
     row["by_relation"] = {}
     for r in sorted(set(by_relation) | set(per_relation_pred)):
         correct, gold = by_relation.get(r, (0, 0))
@@ -130,13 +140,15 @@ def report(gold_docs, predictions, *, gold_path=None):
 
 
 def format_table(rows):
-    """Markdown table of report() rows; the stated / inferred columns only where the gold file marks them."""
+    """Markdown table of report() rows; the stated / inferred columns only where the gold file marks them, a
+    precision's documents interval where the row has one (rows pooled over runs have none)."""
     def cells(part):
         if part is None:
             return " - | - |"
         correct_in_slots = round(part["precision"] * part["predicted"] / 100)
+        interval = " [{:.2f}, {:.2f}]".format(*part["precision_ci95"]) if "precision_ci95" in part else ""
         return (f" {part['recall']:.2f} ({part['correct']}/{part['gold']}) | "
-                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']}) |")
+                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']}){interval} |")
     marked = any(row[kind] is not None for row in rows for kind in COLUMNS)
     lines = ["| predictions | precision | recall | F1 |"
              + (" stated: recall | stated: precision | inferred: recall | inferred: precision |" if marked else ""),

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -228,16 +227,6 @@ def test_pack_rows_places_each_document_row_at_its_packed_pair():
     expected = {(0, 0, 1): rows[0][0], (0, 2, 0): rows[0][1], (0, 1, 2): rows[0][2], (1, 1, 0): rows[1][0]}
     for i, key in enumerate(zip(b.tolist(), s.tolist(), o.tolist())):
         assert torch.equal(packed[i], expected.get(key, torch.zeros(4)))
-
-
-def test_composition_probe_precision_interval():
-    sys.path.insert(0, str(helpers.ROOT / "scripts"))
-    import composition_probe
-    same = np.tile([3.0, 4.0, 5.0, 0.0], (6, 1))  # every document 3 of 4: no spread
-    assert composition_probe.precision_interval(same) == [75.0, 75.0]
-    mixed = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]] * 20)  # 20 of 40 right
-    low, high = composition_probe.precision_interval(mixed, samples=2000)
-    assert 30 < low < 50 < high < 70
 
 
 def test_composition_probe_trains_the_inference_module_only(env, tmp_path, capsys):

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,9 +225,12 @@ def test_demo_report_numbers():
     rows = demo_report.report(gold, [("K=0", k0), ("K=3", k3)])
     assert [r["label"] for r in rows] == ["K=0", "K=3"]
     a, b = rows
-    assert a["stated"] == {"recall": 75.0, "correct": 3, "gold": 4, "precision": 100.0, "predicted": 3}
-    # the one prediction in an inferred fact's slot (d1, P17, head 0) names the wrong country
-    assert a["inferred"] == {"recall": 0.0, "correct": 0, "gold": 3, "precision": 0.0, "predicted": 1}
+    # precision within the slots, with its interval over resampled documents: 3/3 in both documents -> 100
+    # in every resample; the one prediction in an inferred fact's slot (d1, P17, head 0) names the wrong country
+    assert a["stated"] == {"recall": 75.0, "correct": 3, "gold": 4, "precision": 100.0, "predicted": 3,
+                           "precision_ci95": [100.0, 100.0]}
+    assert a["inferred"] == {"recall": 0.0, "correct": 0, "gold": 3, "precision": 0.0, "predicted": 1,
+                             "precision_ci95": [0.0, 0.0]}
     assert (a["num_correct"], a["num_pred"], a["num_gold"]) == (3, 4, 7)
     assert math.isclose(a["precision"], 75.0) and math.isclose(a["recall"], 300 / 7)
     assert b["stated"] == a["stated"]
@@ -238,9 +242,26 @@ def test_demo_report_numbers():
     assert b["by_relation"]["P27"] == {"recall": 50.0, "correct": 1, "gold": 2, "predicted": 1, "precision": 100.0}
     assert b["by_relation"]["P17"] == {"recall": 100 * 2 / 3, "correct": 2, "gold": 3, "predicted": 3,
                                        "precision": 100 * 2 / 3}
+    # K=3's inferred slots: d0 1/1, d1 1/2 -> resamples give 1/2, 2/3 or 2/2: the interval spans 50 to 100
+    assert b["inferred"]["precision_ci95"] == [50.0, 100.0]
     table = demo_report.format_table(rows).splitlines()
-    assert table[2] == "| K=0 | 75.00 | 42.86 | 54.55 | 75.00 (3/4) | 100.00 (3/3) | 0.00 (0/3) | 0.00 (0/1) |"
-    assert table[3] == "| K=3 | 83.33 | 71.43 | 76.92 | 75.00 (3/4) | 100.00 (3/3) | 66.67 (2/3) | 66.67 (2/3) |"
+    assert table[2] == ("| K=0 | 75.00 | 42.86 | 54.55 | 75.00 (3/4) | 100.00 (3/3) [100.00, 100.00] | 0.00 (0/3) | "
+                        "0.00 (0/1) [0.00, 0.00] |")
+    assert table[3] == ("| K=3 | 83.33 | 71.43 | 76.92 | 75.00 (3/4) | 100.00 (3/3) [100.00, 100.00] | 66.67 (2/3) | "
+                        "66.67 (2/3) [50.00, 100.00] |")
+    pooled = [{**row, "stated": dict(row["stated"]), "inferred": dict(row["inferred"])} for row in rows[:1]]
+    for kind in ("stated", "inferred"):
+        del pooled[0][kind]["precision_ci95"]  # rows pooled over runs (oracle_relations.mean_rows) have none
+    assert demo_report.format_table(pooled).splitlines()[2] == \
+        "| K=0 | 75.00 | 42.86 | 54.55 | 75.00 (3/4) | 100.00 (3/3) | 0.00 (0/3) | 0.00 (0/1) |"
+
+
+def test_demo_report_precision_interval():
+    same = np.tile([3.0, 4.0, 5.0, 0.0], (6, 1))  # every document 3 of 4: no spread
+    assert demo_report.precision_interval(same) == [75.0, 75.0]
+    mixed = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]] * 20)  # 20 of 40 right
+    low, high = demo_report.precision_interval(mixed, samples=2000)
+    assert 30 < low < 50 < high < 70
 
 
 def test_demo_report_unmarked_gold_and_cli(tmp_path, capsys):
