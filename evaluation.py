@@ -331,15 +331,16 @@ def docred_scores(submission, gold_docs, train_docs=None, *, pred_path=None, gol
     return scores
 
 
-def bio_scores(preds, features):
-    """CDR / GDA precision, recall, F1 (percent) of the positive class (id 1) over all candidate pairs.
+def bio_doc_counts(preds, features):
+    """Per-document counts of CDR / GDA's positive class: [len(features), 3] int array of (#correct, #predicted,
+    #gold) over each document's candidate pairs; bio_scores are their sums' precision, recall and F1.
 
     features[i]["labels"][k] lists the positive class ids of pair features[i]["hts"][k] (empty:
     negative); preds[i] is the matching [num_pairs, 2] 0/1 array.
     """
     if len(preds) != len(features):
         raise DataError(f"bio_scores: {len(preds)} prediction arrays for {len(features)} features")
-    tp = num_pred = num_gold = 0
+    counts = np.zeros((len(features), 3), dtype=np.int64)
     for i, (pred, feature) in enumerate(zip(preds, features)):
         pred = np.asarray(pred)
         labels = feature["labels"]
@@ -351,9 +352,14 @@ def bio_scores(preds, features):
                             f"shape {tuple(pred.shape)}")
         pred_pos = pred[:, 1] != 0
         gold_pos = np.array([1 in lab for lab in labels], dtype=bool)
-        tp += int((pred_pos & gold_pos).sum())
-        num_pred += int(pred_pos.sum())
-        num_gold += int(gold_pos.sum())
+        counts[i] = (pred_pos & gold_pos).sum(), pred_pos.sum(), gold_pos.sum()
+    return counts
+
+
+def bio_scores(preds, features):
+    """CDR / GDA precision, recall, F1 (percent) of the positive class (id 1) over all candidate pairs
+    (bio_doc_counts summed over the documents)."""
+    tp, num_pred, num_gold = (int(c) for c in bio_doc_counts(preds, features).sum(0))
     p, r, f1 = _prf(tp, num_pred, num_gold)
     return {"precision": p, "recall": r, "f1": f1,
             "num_pred": num_pred, "num_gold": num_gold, "num_correct": tp}

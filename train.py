@@ -54,7 +54,8 @@ RECIPES = {"paper": {}, "authors": {
     "classifier_layers": 2, "weight_decay": 1e-4, "stage2_base_params": "encoder"}}
 # Outputs of an earlier run that a new one replaces only with --overwrite (--evaluate_only: EVAL_OUTPUTS).
 OUTPUTS = ("metrics.jsonl", "best.pt", "last.pt", "result.json", "dev_result.json", "predictions.json")
-EVAL_OUTPUTS = ("result.json", "dev_result.json", "predictions.json", "eval_scores.json")
+EVAL_OUTPUTS = ("result.json", "dev_result.json", "predictions.json", "eval_scores.json", "dev_counts.json",
+                "test_counts.json")
 LOGS = ("metrics.jsonl", "timing.jsonl")  # one line per epoch each
 # --transformer_type of the encoder families whose config.json model_type says which one they are.
 TOKENIZER_FAMILY = {"bert": "bert", "distilbert": "bert", "electra": "bert", "roberta": "roberta",
@@ -791,7 +792,8 @@ def restore_rng(saved, rank, world, reseed):
 # ---------------------------------------------------------------- final predictions
 def write_predictions(run, model, features, docs, split):
     """Predict a split; score it when it has labels. Writes result.json (test) or dev_result.json plus
-    dev_result_k<k>.json for the passes before the last (dev), and predictions.json (test).
+    dev_result_k<k>.json for the passes before the last (dev), and predictions.json (test); for CDR / GDA
+    <split>_counts.json, each document's (#correct, #predicted, #gold) after every pass.
     Returns the scores after each pass k = 0..K (empty without labels): one run at K = 4 gives a whole Table 2
     column, since the K passes compute passes 0..K-1 on the way."""
     args = run.args
@@ -808,6 +810,12 @@ def write_predictions(run, model, features, docs, split):
             rows = predict.readable(scores, features, args.num_labels, run.id2rel, predict.relation_names(),
                                     {d["title"]: d for d in docs})
             atomic_write_json(run.out("predictions.json"), rows, indent=1)
+    elif by_k:
+        # CDR / GDA: per-document counts of every pass, what scripts/bootstrap.py resamples
+        atomic_write_json(run.out(f"{split}_counts.json"), {
+            "titles": [f["title"] for f in features],
+            "counts_by_k": {str(k): evaluation.bio_doc_counts(predict.decode(scores, args.num_labels, k),
+                                                              features).tolist() for k in by_k}})
     return {str(k): s for k, s in by_k.items()}
 
 

@@ -19,6 +19,12 @@ noise, the training seed and the dev sample, so it is the one to read for "B bea
 Per document we keep the counts the official scores are sums of (evaluation.docred_scores on that document
 alone): #correct, #submitted, #gold, #correct-in-train. F1 and Ign F1 of any multiset of documents follow
 from their sums, and on the whole set they equal evaluation.docred_scores exactly.
+
+CDR / GDA: train.py writes those counts itself, for every pass, in dev_counts.json / test_counts.json; give
+those files as --a / --b with the passes to compare (no --gold; Ign F1 is then F1):
+
+    python scripts/bootstrap.py --a runs/cdr/s*/eval_k4/test_counts.json --ka 0 \
+        --b runs/cdr/s*/eval_k4/test_counts.json --kb 3
 Prints one JSON object; errors print one "error: ..." line and exit with status 2.
 """
 import argparse
@@ -56,6 +62,37 @@ def doc_counts(submission, gold_docs, train_docs=None, pred_path=None):
             unique = {(e["h_idx"], e["t_idx"], e["r"]) for e in entries}
             rows.append([0, len(unique), 0, 0])
     return np.asarray(rows, dtype=np.float64)
+
+
+def read_counts(path, k):
+    """[documents, 4] COUNTS of pass k from a train.py <split>_counts.json (CDR / GDA), and its titles."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = evaluation.loads_json(raw)
+    except (ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise DataError(f"{path}: not JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("counts_by_k"), dict) or "titles" not in data:
+        raise DataError(f"{path}: not a <split>_counts.json of train.py (no \"counts_by_k\" / \"titles\")")
+    if str(k) not in data["counts_by_k"]:
+        raise DataError(f"{path}: no pass {k} (passes: {', '.join(sorted(data['counts_by_k'], key=int))})")
+    counts = np.asarray(data["counts_by_k"][str(k)], dtype=np.float64)
+    if counts.shape != (len(data["titles"]), 3):
+        raise DataError(f"{path}: pass {k} has counts of shape {counts.shape}, expected ({len(data['titles'])}, 3)")
+    return np.concatenate([counts, np.zeros((len(counts), 1))], axis=1), data["titles"]
+
+
+def counts_pairs(a_paths, b_paths, ka, kb):
+    """(counts A, counts B) per seed from counts files; every file must list the same documents."""
+    pairs, first = [], None
+    for pa, pb in zip(a_paths, b_paths):
+        (ca, ta), (cb, tb) = read_counts(pa, ka), read_counts(pb, kb)
+        first = first or (ta, pa)
+        for titles, path in ((ta, pa), (tb, pb)):
+            if titles != first[0]:
+                raise DataError(f"{path} and {first[1]} list other documents: compare runs on the same split")
+        pairs.append((ca, cb))
+    return pairs
 
 
 def f1_from_counts(c):
@@ -123,9 +160,13 @@ def seeds_bootstrap(pairs, samples=1000, seed=0):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gold", required=True, help="labelled DocRED-format documents")
-    p.add_argument("--a", required=True, nargs="+", help="result.json of model A (e.g. the base module), one per seed")
-    p.add_argument("--b", required=True, nargs="+", help="result.json of model B (e.g. the full model), one per seed")
+    p.add_argument("--gold", help="labelled DocRED-format documents (not with counts files)")
+    p.add_argument("--a", required=True, nargs="+", help="result.json of model A (e.g. the base module), one per seed, "
+                   "or a CDR / GDA <split>_counts.json with --ka")
+    p.add_argument("--b", required=True, nargs="+", help="result.json of model B (e.g. the full model), one per seed, "
+                   "or a CDR / GDA <split>_counts.json with --kb")
+    p.add_argument("--ka", type=int, help="pass of the --a counts files (0: the base module)")
+    p.add_argument("--kb", type=int, help="pass of the --b counts files")
     p.add_argument("--train", default=None, help="training documents, for Ign F1")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -135,10 +176,17 @@ def main(argv=None):
             raise DataError(f"--samples must be >= 2, got {args.samples}")
         if len(args.a) != len(args.b):
             raise DataError(f"--a has {len(args.a)} files and --b {len(args.b)}: give one pair per seed")
-        gold = evaluation.load_docs(args.gold)
-        train = evaluation.load_docs(args.train) if args.train else None
-        pairs = [tuple(doc_counts(evaluation.load_docs(path), gold, train, pred_path=path) for path in pair)
-                 for pair in zip(args.a, args.b)]
+        if (args.ka is None) != (args.kb is None):
+            raise DataError("--ka and --kb go together (the passes of the --a and --b counts files)")
+        if args.ka is not None:
+            pairs = counts_pairs(args.a, args.b, args.ka, args.kb)
+        elif not args.gold:
+            raise DataError("--gold is required for result.json files (counts files take --ka and --kb instead)")
+        else:
+            gold = evaluation.load_docs(args.gold)
+            train = evaluation.load_docs(args.train) if args.train else None
+            pairs = [tuple(doc_counts(evaluation.load_docs(path), gold, train, pred_path=path) for path in pair)
+                     for pair in zip(args.a, args.b)]
     except (OSError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from evaluation import bio_scores, docred_scores, load_docs, to_official  # noqa: E402
+from evaluation import bio_doc_counts, bio_scores, docred_scores, load_docs, to_official  # noqa: E402
 from utils import DataError  # noqa: E402
 
 DATA = "/work/shared/data"
@@ -157,6 +157,8 @@ def test_bio_scores_hand_case():
     assert s["precision"] == pytest.approx(100 * 2 / 3)
     assert s["recall"] == pytest.approx(100 * 2 / 3)
     assert s["f1"] == pytest.approx(100 * 2 / 3)
+    # per document (#correct, #predicted, #gold): d1 1 / 2 / 2, d2 1 / 1 / 1
+    assert bio_doc_counts(preds, features).tolist() == [[1, 2, 2], [1, 1, 1]]
 
 
 def test_gold_without_labels_raises():

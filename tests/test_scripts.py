@@ -145,6 +145,32 @@ def test_bootstrap_cli(tmp_path, capsys):
     assert err.startswith("error: ") and "stray.json" in err and "'Nowhere'" in err
 
 
+def write_counts(path, titles, by_k):
+    path.write_text(json.dumps({"titles": titles, "counts_by_k": by_k}))
+    return str(path)
+
+
+def test_bootstrap_counts_files_of_cdr(tmp_path, capsys):
+    """train.py's <split>_counts.json (CDR / GDA): the passes named by --ka / --kb, over seeds."""
+    titles = [f"pmid{i}" for i in range(30)]
+    base = [[1, 2, 2]] * 30  # per document: 1 correct of 2 predicted, 2 gold -> F1 50
+    better = [[2, 2, 2]] * 30  # F1 100
+    runs = [write_counts(tmp_path / f"s{i}.json", titles, {"0": base, "3": better}) for i in range(2)]
+    assert bootstrap.main(["--a", *runs, "--ka", "0", "--b", *runs, "--kb", "3", "--samples", "50"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["seeds"] == 2 and res["documents"] == 30
+    assert math.isclose(res["a"]["f1"], 50.0) and math.isclose(res["b"]["f1"], 100.0)
+    assert res["f1_diff"]["ci95"] == [50.0, 50.0] and res["per_seed_diff"]["f1"] == [50.0, 50.0]
+    other = write_counts(tmp_path / "other.json", titles[::-1], {"0": base, "3": better})
+    for argv, words in ((["--a", runs[0], "--ka", "0", "--b", other, "--kb", "3"], ["other.json", "other documents"]),
+                        (["--a", runs[0], "--ka", "5", "--b", runs[0], "--kb", "3"], ["s0.json", "no pass 5", "0, 3"]),
+                        (["--a", runs[0], "--ka", "0", "--b", runs[0]], ["--ka and --kb"]),
+                        (["--a", runs[0], "--b", runs[0]], ["--gold is required"])):
+        assert bootstrap.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and all(w in err for w in words), err
+
+
 # ---------------------------------------------------------------- plots
 def test_plot_curves_and_weights(tmp_path, capsys):
     run = write_run(tmp_path / "run", stage2_lines(61.0, 58.0, 60.0))

@@ -166,3 +166,30 @@ def test_stage2_from_stage1_checkpoint(env, stage1_run, flags):
             if (env["root"] / "s2" / "best.pt").exists() else None
         if default is not None:  # the fusion sub-layer's parameters are gone
             assert set(best["model"]) < set(default)
+
+
+def test_cdr_run_writes_per_document_counts_of_every_pass(env, tmp_path):
+    """CDR: a stage-1 + stage-2 run scores dev and test after every pass, and <split>_counts.json holds each
+    document's (#correct, #predicted, #gold) of every pass, whose sums are those scores."""
+    from test_prepro import cdr_line, second_line
+    data = tmp_path / "cdr"
+    data.mkdir()
+    lines = [cdr_line(pmid="1001"), second_line(pmid="1002"), cdr_line(positive="1:NR:2", pmid="1003")]
+    for name in ("train.data", "dev.data", "test.data"):
+        (data / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    save = tmp_path / "run"
+    assert train.cli(["--dataset", "cdr", "--data_dir", str(data), "--train_file", "train.data", "--dev_file",
+                      "dev.data", "--test_file", "test.data", "--num_labels", "1", "--model_name_or_path",
+                      env["model"], "--inference_dim", "16", "--train_batch_size", "2", "--stage1_epochs", "1",
+                      "--stage2_epochs", "1", "--num_iterations", "2", "--save_path", str(save), "--cache_dir",
+                      env["cache"], "--device", "cpu", "--amp", "none", "--seed", "7"]) == 0
+    scores = json.loads((save / "eval_scores.json").read_text())
+    for split in ("dev", "test"):
+        counts = json.loads((save / f"{split}_counts.json").read_text())
+        assert counts["titles"] == ["1001", "1002", "1003"] and sorted(counts["counts_by_k"]) == ["0", "1", "2"]
+        for k, rows in counts["counts_by_k"].items():
+            assert len(rows) == 3 and all(len(r) == 3 for r in rows)
+            assert [r[2] for r in rows] == [1, 1, 0]  # gold CID pairs per document
+            correct, predicted, gold = (sum(col) for col in zip(*rows))
+            s = scores[f"{split}_by_k"][k]
+            assert (s["num_correct"], s["num_pred"], s["num_gold"]) == (correct, predicted, gold)
