@@ -13,7 +13,8 @@ Dev scores (--split dev) are those of the epoch kept as best.pt: the last line m
 metrics.jsonl, "dev" for the full model (K passes) and "dev_base" for the base module of the same checkpoint
 (--num_iterations 0; stage-2 runs only, a stage-1 run is a base module). Test scores (--split test) come from
 the run's eval_scores.json: "test" and, for the base module, pass 0 of "test_by_k". --by_k reads the
-"dev_by_k" of eval_scores.json written by `train.py --evaluate_only --num_iterations K`.
+"dev_by_k" (with --split test: "test_by_k") of eval_scores.json written by `train.py --evaluate_only
+--num_iterations K`.
 """
 import argparse
 import json
@@ -102,16 +103,18 @@ def table(groups, metrics, split="dev", model="both"):
     return "\n".join(out)
 
 
-def by_k_table(groups, metric="f1"):
-    """Rows: groups (e.g. N_I); columns: K = 0 .. the largest K evaluated; cells: mean ± std of the metric."""
+def by_k_table(groups, metric="f1", split="dev"):
+    """Rows: groups (e.g. N_I); columns: K = 0 .. the largest K evaluated; cells: mean ± std of the metric on
+    the split."""
     data = []
     for label, runs in groups:
         per_run = []
         for run in runs:
             scores, path = eval_scores(run)
-            if "dev_by_k" not in scores:
-                raise ValueError(f"{path}: no 'dev_by_k' (evaluate with train.py --evaluate_only --num_iterations K)")
-            per_run.append(scores["dev_by_k"])
+            if f"{split}_by_k" not in scores:
+                raise ValueError(f"{path}: no '{split}_by_k' (evaluate with train.py --evaluate_only "
+                                 f"--num_iterations K{' and a labelled --test_file' if split == 'test' else ''})")
+            per_run.append(scores[f"{split}_by_k"])
         data.append((label, per_run))
     max_k = max(int(k) for _, per_run in data for by_k in per_run for k in by_k)
     out = [f"| {metric} | runs | " + " | ".join(f"K = {k}" for k in range(max_k + 1)) + " |",
@@ -133,7 +136,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         groups = parse_groups(args.runs)
-        print(by_k_table(groups, args.metrics[0]) if args.by_k else
+        print(by_k_table(groups, args.metrics[0], args.split) if args.by_k else
               table(groups, args.metrics, args.split, args.model))
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

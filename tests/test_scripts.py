@@ -72,6 +72,10 @@ def test_summarize_test_split_and_by_k(tmp_path, capsys):
     assert lines[0] == "| f1 | runs | K = 0 | K = 1 | K = 2 | K = 3 | K = 4 |"
     assert lines[2] == "| N_I 2 | 2 | " + " | ".join(f"{51 + k:.2f} ± 1.41" for k in range(5)) + " |"
     assert lines[3] == "| N_I 1 | 1 | " + " | ".join(f"{50 + k:.2f}" for k in range(5)) + " |"
+    r3 = write_run(tmp_path / "r3", [], {"test": by_k2["4"], "test_by_k": by_k2, "dev_by_k": by_k})
+    assert summarize.main(["--by_k", "--split", "test", f"CDR={r2},{r3}"]) == 0  # CDR: passes on test
+    assert capsys.readouterr().out.splitlines()[2] == \
+        "| CDR | 2 | " + " | ".join(f"{52 + k:.2f} ± 0.00" for k in range(5)) + " |"
 
 
 def test_summarize_errors(tmp_path, capsys):
@@ -82,6 +86,9 @@ def test_summarize_errors(tmp_path, capsys):
     assert "no 'test' scores" in capsys.readouterr().err
     assert summarize.main(["--by_k", run]) == 2
     assert "no 'dev_by_k'" in capsys.readouterr().err
+    assert summarize.main(["--by_k", "--split", "test", run]) == 2
+    err = capsys.readouterr().err
+    assert "no 'test_by_k'" in err and "labelled --test_file" in err
 
 
 # ---------------------------------------------------------------- bootstrap
