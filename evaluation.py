@@ -66,8 +66,8 @@ def json_error(e):
     return str(e)
 
 
-def load_docs(path):
-    """Read a JSON file that must hold a list (documents or submission entries)."""
+def load_json(path):
+    """Read a JSON file; a missing, unreadable or malformed file is a DataError naming it."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -81,6 +81,12 @@ def load_docs(path):
         data = loads_json(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DataError(f"{path}: invalid JSON: {json_error(e)}") from None
+    return data
+
+
+def load_docs(path):
+    """Read a JSON file that must hold a list (documents or submission entries)."""
+    data = load_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list, got {type(data).__name__}")
     return data

@@ -66,12 +66,7 @@ def doc_counts(submission, gold_docs, train_docs=None, pred_path=None):
 
 def read_counts(path, k):
     """[documents, 4] COUNTS of pass k from a train.py <split>_counts.json (CDR / GDA), and its titles."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        data = evaluation.loads_json(raw)
-    except (ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
-        raise DataError(f"{path}: not JSON ({e})") from e
+    data = evaluation.load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("counts_by_k"), dict) or "titles" not in data:
         raise DataError(f"{path}: not a <split>_counts.json of train.py (no \"counts_by_k\" / \"titles\")")
     if str(k) not in data["counts_by_k"]:

@@ -169,10 +169,14 @@ def test_bootstrap_counts_files_of_cdr(tmp_path, capsys):
     assert math.isclose(res["a"]["f1"], 50.0) and math.isclose(res["b"]["f1"], 100.0)
     assert res["f1_diff"]["ci95"] == [50.0, 50.0] and res["per_seed_diff"]["f1"] == [50.0, 50.0]
     other = write_counts(tmp_path / "other.json", titles[::-1], {"0": base, "3": better})
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"titles": [')
     for argv, words in ((["--a", runs[0], "--ka", "0", "--b", other, "--kb", "3"], ["other.json", "other documents"]),
                         (["--a", runs[0], "--ka", "5", "--b", runs[0], "--kb", "3"], ["s0.json", "no pass 5", "0, 3"]),
                         (["--a", runs[0], "--ka", "0", "--b", runs[0]], ["--ka and --kb"]),
-                        (["--a", runs[0], "--b", runs[0]], ["--gold is required"])):
+                        (["--a", runs[0], "--b", runs[0]], ["--gold is required"]),
+                        (["--a", str(broken), "--ka", "0", "--b", runs[0], "--kb", "3"],
+                         ["broken.json", "invalid JSON"])):
         assert bootstrap.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and all(w in err for w in words), err
