@@ -16,10 +16,10 @@ inferred ones, with their counts. A gold fact is the unique (title, r, h, t); it
 labels says so. Recall alone rewards guessing every candidate (with two countries in a document, a
 citizenship predicted for both has recall 100), so each kind also gets a precision: over the predictions
 that fill a slot (title, r, h) of a gold fact of that kind, the share that is a gold fact, with its 95% interval
-from resampling the documents; predictions for slots without a gold fact count in neither. A gold file in which no label has an "inferred" key at all
-(DocRED, Re-DocRED) has no such split: the table then leaves out the stated and inferred columns (None in the
-JSON). The JSON also has each relation's recall and precision ("by_relation"): recall alone rewards predicting
-a relation for every candidate pair.
+from resampling the documents; predictions for slots without a gold fact count in neither. A gold file in which
+no label has an "inferred" key at all (DocRED, Re-DocRED) has no such split: the table then leaves out the
+stated and inferred columns (None in the JSON). The JSON also has each relation's recall and precision
+("by_relation"): recall alone rewards predicting a relation for every candidate pair.
 
 With --runs (one run folder of scripts/run_demo.sh per training seed: RUN/k0/dev_result.json is the base
 module alone, RUN/dev_result.json the full model) the report is over the seeds: for all facts, the stated

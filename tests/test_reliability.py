@@ -344,9 +344,9 @@ def bad_cases(env, ckpt, tmp):
 BAD_CASES = ["missing_data_file", "missing_model_folder", "cdr_file_as_docred", "docred_file_as_cdr",
              "fewer_classes_flag", "fewer_classes_weights", "other_encoder_flag", "other_encoder_weights",
              "not_a_checkpoint", "no_document_with_two_entities", "duplicated_titles", "negative_lr",
-             "negative_num_iterations", "resume_not_a_run", "negative_seed", "withhold_above_one", "negative_num_workers",
-             "empty_model_folder", "broken_model_config", "wrong_model_config", "nothing_to_train",
-             "freeze_base_without_stage1", "roberta_type_on_bert_model"]
+             "negative_num_iterations", "resume_not_a_run", "negative_seed", "withhold_above_one",
+             "negative_num_workers", "empty_model_folder", "broken_model_config", "wrong_model_config",
+             "nothing_to_train", "freeze_base_without_stage1", "roberta_type_on_bert_model"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
