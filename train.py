@@ -441,8 +441,10 @@ def prepare_model(args, ckpt, num_class, device):
         raise UsageError(f"--model_name_or_path {args.model_name_or_path or default_model_path()}: cannot load "
                          f"its tokenizer ({first_line(e)})") from e
     if ckpt is not None:
-        from_stage1 = args.load_path and not args.evaluate_only and not args.resume
-        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if from_stage1 else "")
+        # Stage 2 starts from the base module of --load_path; evaluating a stage-1 checkpoint (K = 0) needs only
+        # its base module too (its inference module is untrained; bench/gpu_carry.py's copy stores none).
+        base_only = not args.resume and (not args.evaluate_only or ckpt.get("stage") == 1)
+        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if base_only else "")
     return tokenizer, model.to(device)
 
 

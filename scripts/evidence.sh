@@ -10,13 +10,23 @@
 #   DATA=dataset/redocred TRAIN=train_mini.json DEV=dev_mini.json TEST= (a labelled test file: scored too)
 #   DATASET=docred  EPOCHS=8  BATCH=4
 #   JOBS=2 (runs at once)  THREADS=1 (CPU threads per run)  EXTRA= (more train.py flags for every run)
+#   RUNS="RECIPE/VARIANT/SEED ..." (instead of RECIPES x VARIANTS x SEEDS: exactly these runs, started in this
+#   order; no SEED arguments then)
 # The stage-1 checkpoint fixes the encoder and the data flags it was trained with (train.py reads them from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 3 ] || { echo "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED [SEED ...]" >&2; exit 2; }
+if [ $# -lt 2 ] || { [ $# -eq 2 ] && [ -z "${RUNS:-}" ]; }; then
+  echo "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED [SEED ...]  (or RUNS=... and no SEED)" >&2; exit 2
+fi
 CKPT=$1 OUT=$2; shift 2
-SEEDS=("$@")
 RECIPES=${RECIPES:-paper authors} VARIANTS=${VARIANTS:-full}
+queue=()  # RECIPE/VARIANT/SEED, in the order the runs start (seed by seed unless RUNS says otherwise)
+if [ -n "${RUNS:-}" ]; then
+  read -r -a queue <<< "$RUNS"
+else
+  for seed in "$@"; do for recipe in $RECIPES; do for variant in $VARIANTS; do
+    queue+=("$recipe/$variant/$seed"); done; done; done
+fi
 DATA=${DATA:-dataset/redocred} TRAIN=${TRAIN:-train_mini.json} DEV=${DEV:-dev_mini.json} TEST=${TEST:-}
 DATASET=${DATASET:-docred}
 EPOCHS=${EPOCHS:-8} BATCH=${BATCH:-4} JOBS=${JOBS:-2} THREADS=${THREADS:-1}
@@ -40,21 +50,20 @@ run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evalu
     --save_path "$dir/eval_k4" --overwrite
 }
 
-for variant in $VARIANTS; do
-  [ -n "${flags[$variant]+set}" ] || { echo "unknown variant: $variant" >&2; exit 2; }
+for item in "${queue[@]}"; do
+  IFS=/ read -r recipe variant seed <<< "$item"
+  [ -n "${flags[$variant]+set}" ] && [ -n "$seed" ] || { echo "not RECIPE/VARIANT/SEED with a known variant: $item" >&2
+                                                          exit 2; }
 done
-for seed in "${SEEDS[@]}"; do
-  for recipe in $RECIPES; do
-    for variant in $VARIANTS; do
-      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
-      dir=$OUT/$recipe/$variant/s$seed
-      mkdir -p "$dir"
-      run "$dir" "$recipe" "$variant" "$seed" > "$dir.log" 2>&1 &
-    done
-  done
+for item in "${queue[@]}"; do
+  IFS=/ read -r recipe variant seed <<< "$item"
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  dir=$OUT/$recipe/$variant/s$seed
+  mkdir -p "$dir"
+  run "$dir" "$recipe" "$variant" "$seed" > "$dir.log" 2>&1 &
 done
 wait || true
-missing=$(for seed in "${SEEDS[@]}"; do for recipe in $RECIPES; do for variant in $VARIANTS; do
-  d=$OUT/$recipe/$variant/s$seed; [ -f "$d/eval_k4/eval_scores.json" ] || echo "$d"; done; done; done)
+missing=$(for item in "${queue[@]}"; do IFS=/ read -r recipe variant seed <<< "$item"
+  d=$OUT/$recipe/$variant/s$seed; [ -f "$d/eval_k4/eval_scores.json" ] || echo "$d"; done)
 [ -z "$missing" ] || { echo "unfinished (see DIR.log): $missing" >&2; exit 1; }
 echo "finished: $OUT"

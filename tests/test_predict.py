@@ -105,6 +105,28 @@ def test_predictor_batching_and_k(env):
     assert predict.Predictor.from_checkpoint(str(env["stage1"]), device="cpu", num_iterations=3).num_iterations == 0
 
 
+def test_stage1_checkpoint_without_inference_weights(env, tmp_path):
+    """A stage-1 checkpoint is evaluated with its base module only (K = 0), so one that stores no inference
+    module (bench/gpu_carry.py's copy for another machine) predicts exactly what the whole one does."""
+    ckpt = torch.load(env["stage1"], weights_only=True)
+    assert any(k.startswith("inference.") for k in ckpt["model"])
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k.startswith("base.")}
+    torch.save(ckpt, tmp_path / "base_only.pt")
+    _, whole = evaluate_only(env, env["stage1"], tmp_path / "whole", "test.json")
+    _, base_only = evaluate_only(env, tmp_path / "base_only.pt", tmp_path / "base_only", "test.json")
+    assert whole and base_only == whole
+    docs = json.load(open(env["data"]["test"]))
+    a = predict.Predictor.from_checkpoint(str(env["stage1"]), device="cpu", amp="none").predict(docs)
+    b = predict.Predictor.from_checkpoint(str(tmp_path / "base_only.pt"), device="cpu", amp="none").predict(docs)
+    assert a == b and sum(map(len, a)) > 0
+    # a stage-2 checkpoint still needs its inference module
+    ckpt = torch.load(env["ckpt"], weights_only=True)
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k.startswith("base.")}
+    torch.save(ckpt, tmp_path / "stage2_base_only.pt")
+    with pytest.raises(UsageError, match="does not fit this model"):
+        predict.Predictor.from_checkpoint(str(tmp_path / "stage2_base_only.pt"), device="cpu")
+
+
 def test_names_optional_and_small_documents(env):
     predictor = predict.Predictor.from_checkpoint(str(env["ckpt"]), device="cpu", amp="none")
     doc = helpers.make_doc(800, num_entities=3, labelled=False)

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# docs/RESULTS.md's GPU evidence in one command on a lent GPU machine (no ../shared, no package registry):
+# the main comparison (D: both recipes) and Table 4 / Figure 5 (E: the authors' recipe without the contrastive
+# loss, without fusion, without ECA, with a frozen base) for 5 seeds each, all from one stage-1 checkpoint,
+# many runs at once on the one GPU, stopped at a deadline so that whatever finished comes back.
+#
+#   here:  python bench/gpu_carry.py --stage1 runs/re_stage1/best_stage1.pt --out .gpu     (about 50 MiB)
+#   there: bash scripts/evidence_gpu.sh OUT        (OUT gets evidence.log, halves.json and runs.tar.gz)
+#   CPU smoke test: TINY=1 bash scripts/evidence_gpu.sh /tmp/evidence_tiny
+#
+# Runs start in this order: D (paper/full, authors/full) for seeds 66-70, then E seed by seed, JOBS at a time
+# (scripts/evidence.sh: 6 stage-2 epochs at inference LR 1e-3, then best.pt evaluated at K = 0..4). Settings
+# through the environment: SEEDS="66 67 68 69 70"  VARIANTS="no_contrastive no_fusion no_eca freeze_base"
+# JOBS=12  EPOCHS=6  BUDGET=470 (seconds from the start after which unfinished runs are stopped; they save
+# last.pt and continue with the same command).
+# Several processes share the GPU through CUDA MPS when nvidia-cuda-mps-control is there and a CUDA process
+# starts under it; otherwise by time-slicing (evidence.log says which).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bash scripts/evidence_gpu.sh OUT}
+mkdir -p "$OUT"
+LOG=$OUT/evidence.log
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+PY=$(command -v python || command -v python3)  # GPU images may have only python3
+python() { "$PY" "$@"; }
+export -f python
+export PY
+SEEDS=${SEEDS:-66 67 68 69 70} VARIANTS=${VARIANTS:-no_contrastive no_fusion no_eca freeze_base}
+BUDGET=${BUDGET:-470} RUNS_DIR=${RUNS_DIR:-runs/gpu_ev}
+log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+
+log "environment"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
+  "$PY" - <<'EOF'
+import platform, re, torch, transformers
+need = {re.split(r"[<>=]", l)[0]: l.split(">=")[1].strip() for l in open("requirements.txt")
+        if ">=" in l and not l.startswith("#")}
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "transformers", transformers.__version__, "(requirements.txt: transformers>=%s)" % need["transformers"])
+EOF
+} 2>&1 | tee -a "$LOG"
+
+log "stage-1 checkpoint from .gpu/"
+python bench/gpu_carry.py --rebuild .gpu/stage1.pt 2>&1 | tee -a "$LOG"
+[ -f .gpu/stage1.pt ] || { log "no .gpu/stage1.pt: run bench/gpu_carry.py --stage1 first"; exit 1; }
+
+if [ -n "${TINY:-}" ]; then
+  EPOCHS=${EPOCHS:-1} JOBS=${JOBS:-2}
+  EXTRA="--inference_lr 1e-3 --max_train_docs 8 --max_eval_docs 8"
+else
+  EPOCHS=${EPOCHS:-6} JOBS=${JOBS:-12}
+  EXTRA="--inference_lr 1e-3"
+  if command -v nvidia-cuda-mps-control >/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d && timeout 60 "$PY" -c "import torch; print(torch.ones(2, device='cuda').sum().item())"
+    then log "CUDA MPS on"
+    else echo quit | nvidia-cuda-mps-control 2>/dev/null
+         unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "CUDA MPS did not start: time-slicing"; fi
+  else log "no nvidia-cuda-mps-control: time-slicing"; fi
+fi
+
+runs=""
+for seed in $SEEDS; do runs+=" paper/full/$seed authors/full/$seed"; done
+for seed in $SEEDS; do for v in $VARIANTS; do runs+=" authors/$v/$seed"; done; done
+log "runs ($JOBS at a time, budget ${BUDGET}s):$runs"
+
+# The stage-1 checkpoint itself on dev (the base module before stage 2, ATLOP), beside the first runs.
+python train.py --evaluate_only --load_path .gpu/stage1.pt --data_dir .gpu/redocred --train_file train_mini.json \
+  --dev_file dev_mini.json --test_file '' --save_path "$RUNS_DIR/stage1_eval" --overwrite > "$OUT/stage1_eval.log" 2>&1 &
+
+# evidence.sh in a session of its own, so that the deadline stops it with every run it started.
+RUNS=$runs DATA=.gpu/redocred EPOCHS=$EPOCHS JOBS=$JOBS THREADS=1 EXTRA=$EXTRA \
+  setsid bash scripts/evidence.sh .gpu/stage1.pt "$RUNS_DIR" > "$OUT/evidence_sh.log" 2>&1 &
+group=$!
+while kill -0 "$group" 2>/dev/null && [ "$SECONDS" -lt "$BUDGET" ]; do
+  sleep 5
+  [ $((SECONDS % 60)) -lt 5 ] && log "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"
+done
+if kill -0 "$group" 2>/dev/null; then
+  log "budget reached: stopping the runs still going (they keep last.pt)"
+  kill -TERM -- "-$group" 2>/dev/null
+  for _ in $(seq 30); do kill -0 -- "-$group" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$group" 2>/dev/null
+fi
+wait
+cat "$OUT/evidence_sh.log" >> "$LOG"
+log "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"
+
+# Figure 5: mean |W_c| on the F half and the R half of every finished run's best.pt.
+mapfile -t best < <(ls "$RUNS_DIR"/*/*/*/best.pt 2>/dev/null)
+[ ${#best[@]} -gt 0 ] && python scripts/plot.py halves "${best[@]}" > "$OUT/halves.json" 2>> "$LOG"
+tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
+  "$(basename "$RUNS_DIR")" 2>> "$LOG"
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
