@@ -5,6 +5,8 @@
 # many runs at once on the one GPU, stopped at a deadline so that whatever finished comes back.
 #
 #   here:  python bench/gpu_carry.py --stage1 runs/re_stage1/best_stage1.pt --out .gpu     (about 50 MiB)
+#          python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#            --platform manylinux_2_17_x86_64 -d .whl ujson     (only if the GPU machine's Python lacks ujson)
 #   there: bash scripts/evidence_gpu.sh OUT        (OUT gets evidence.log, halves.json and runs.tar.gz)
 #   CPU smoke test: TINY=1 bash scripts/evidence_gpu.sh /tmp/evidence_tiny
 #
@@ -39,6 +41,13 @@ print("python", platform.python_version(), "torch", torch.__version__, "cuda", t
       "transformers", transformers.__version__, "(requirements.txt: transformers>=%s)" % need["transformers"])
 EOF
 } 2>&1 | tee -a "$LOG"
+
+if ! "$PY" -c "import ujson" 2>/dev/null; then  # prepro.py needs it; GPU images may lack it
+  ls .whl/ujson-*.whl >/dev/null 2>&1 || { log "no ujson here and no .whl/ujson-*.whl carried (see above)"; exit 1; }
+  "$PY" -m pip install -q --no-index --no-deps --target /tmp/evidence_site .whl/ujson-*.whl || exit 1
+  export PYTHONPATH=/tmp/evidence_site${PYTHONPATH:+:$PYTHONPATH}
+  log "ujson from .whl/"
+fi
 
 log "stage-1 checkpoint from .gpu/"
 python bench/gpu_carry.py --rebuild .gpu/stage1.pt 2>&1 | tee -a "$LOG"
