@@ -62,7 +62,8 @@ else
   if command -v nvidia-cuda-mps-control >/dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    if nvidia-cuda-mps-control -d && timeout 60 "$PY" -c "import torch; print(torch.ones(2, device='cuda').sum().item())"
+    if nvidia-cuda-mps-control -d &&
+       timeout 60 "$PY" -c "import torch; print(torch.ones(2, device='cuda').sum().item())"
     then log "CUDA MPS on"
     else echo quit | nvidia-cuda-mps-control 2>/dev/null
          unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "CUDA MPS did not start: time-slicing"; fi
@@ -76,7 +77,8 @@ log "runs ($JOBS at a time, budget ${BUDGET}s):$runs"
 
 # The stage-1 checkpoint itself on dev (the base module before stage 2, ATLOP), beside the first runs.
 python train.py --evaluate_only --load_path .gpu/stage1.pt --data_dir .gpu/redocred --train_file train_mini.json \
-  --dev_file dev_mini.json --test_file '' --save_path "$RUNS_DIR/stage1_eval" --overwrite > "$OUT/stage1_eval.log" 2>&1 &
+  --dev_file dev_mini.json --test_file '' --save_path "$RUNS_DIR/stage1_eval" --overwrite \
+  > "$OUT/stage1_eval.log" 2>&1 &
 
 # evidence.sh in a session of its own, so that the deadline stops it with every run it started.
 RUNS=$runs DATA=.gpu/redocred EPOCHS=$EPOCHS JOBS=$JOBS THREADS=1 EXTRA=$EXTRA \

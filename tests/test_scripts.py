@@ -344,6 +344,61 @@ def test_demo_report_errors(tmp_path, capsys):
 
 def test_run_demo_script_parses():
     subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / "run_demo.sh")], check=True)
+    subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / "evidence_gpu.sh")], check=True)
+
+
+FAKE_TRAIN = """#!/usr/bin/env bash
+# stands in for `python train.py ...`: records its flags, writes what evidence.sh looks for
+echo "$*" >> "$CALLS"
+save=; prev=
+for a in "$@"; do [ "$prev" = --save_path ] && save=$a; prev=$a; done
+mkdir -p "$save"
+case " $* " in *" --evaluate_only "*) echo {} > "$save/eval_scores.json";; *) echo {} > "$save/best.pt";; esac
+"""
+
+
+def run_evidence(tmp_path, runs, *seeds, **env):
+    """scripts/evidence.sh with `python` replaced by FAKE_TRAIN: (exit status, stderr, the recorded calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_TRAIN)
+    (bin_dir / "python").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "JOBS": "1", "RUNS": runs, **env}
+    proc = subprocess.run(["bash", str(helpers.ROOT / "scripts" / "evidence.sh"), "ckpt.pt", str(tmp_path / "ev"),
+                           *seeds], capture_output=True, text=True, env=env)
+    return proc.returncode, proc.stderr, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_evidence_runs_in_the_given_order_and_skips_finished_ones(tmp_path):
+    code, err, calls = run_evidence(tmp_path, "authors/no_fusion/5 paper/full/3")
+    assert code == 0, err
+    trains = [c for c in calls if "--evaluate_only" not in c]
+    assert len(calls) == 4 and len(trains) == 2
+    assert "--recipe authors --seed 5" in trains[0] and "--no_fusion" in trains[0]
+    assert "--recipe paper --seed 3" in trains[1] and "--no_fusion" not in trains[1]
+    assert f"--load_path {tmp_path}/ev/authors/no_fusion/s5/best.pt --num_iterations 4" in calls[1]
+    assert (tmp_path / "ev" / "paper" / "full" / "s3" / "eval_k4" / "eval_scores.json").is_file()
+    code, err, again = run_evidence(tmp_path, "paper/full/3 paper/full/4")  # s3 is done: only s4 runs
+    assert code == 0 and again[:4] == calls and len(again) == 6
+    assert "--recipe paper --seed 4" in again[4]
+    assert again[5].endswith(f"{tmp_path}/ev/paper/full/s4/eval_k4 --overwrite")
+    # without RUNS: RECIPES x VARIANTS x the seeds given, seed by seed
+    (tmp_path / "x").mkdir()
+    code, err, calls = run_evidence(tmp_path / "x", "", "7", "8", RECIPES="paper", VARIANTS="full ni1")
+    assert code == 0, err
+    order = [(c.split("--save_path ")[1].split()[0]) for c in calls if "--evaluate_only" not in c]
+    assert [o.split("/ev/")[1] for o in order] == ["paper/full/s7", "paper/ni1/s7", "paper/full/s8", "paper/ni1/s8"]
+
+
+@pytest.mark.parametrize("runs,seeds,message", [
+    ("paper/bogus/1", (), "not RECIPE/VARIANT/SEED with a known variant: paper/bogus/1"),
+    ("paper/full", (), "not RECIPE/VARIANT/SEED with a known variant: paper/full"),
+    ("", (), "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED"),
+])
+def test_evidence_bad_runs(tmp_path, runs, seeds, message):
+    code, err, calls = run_evidence(tmp_path, runs, *seeds)
+    assert code == 2 and message in err and calls == []
 
 
 # ---------------------------------------------------------------- synthetic demo data
