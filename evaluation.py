@@ -333,7 +333,7 @@ def docred_scores(submission, gold_docs, train_docs=None, *, pred_path=None, gol
     scores.update(num_pred=len(preds), num_gold=len(gold), num_correct=correct,
                   num_correct_in_train=in_train, num_pred_unknown_title=unknown,
                   num_gold_intra=part_gold[True], num_gold_inter=part_gold[False],
-                  num_gold_infer=infer_gold)
+                  num_gold_infer=infer_gold, num_pred_infer=infer_pred, num_correct_infer=infer_correct)
     return scores
 
 

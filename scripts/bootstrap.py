@@ -17,11 +17,13 @@ and the statistic is the mean over the drawn seeds of F1(B_i) - F1(A_i). Its int
 noise, the training seed and the dev sample, so it is the one to read for "B beats A" claims.
 
 Per document we keep the counts the official scores are sums of (evaluation.docred_scores on that document
-alone): #correct, #submitted, #gold, #correct-in-train. F1 and Ign F1 of any multiset of documents follow
-from their sums, and on the whole set they equal evaluation.docred_scores exactly.
+alone): #correct, #submitted, #gold, #correct-in-train, and for Infer-F1 #correct, #submitted and #gold within
+the gold inference set. F1, Ign F1 and Infer-F1 of any multiset of documents follow from their sums, and on
+the whole set they equal evaluation.docred_scores exactly. (Infer-F1's gold set is built per document, from
+triangles of gold triples, so it too is a sum over documents.)
 
 CDR / GDA: train.py writes those counts itself, for every pass, in dev_counts.json / test_counts.json; give
-those files as --a / --b with the passes to compare (no --gold; Ign F1 is then F1):
+those files as --a / --b with the passes to compare (no --gold; Ign F1 is then F1, and there is no Infer-F1):
 
     python scripts/bootstrap.py --a runs/cdr/s*/eval_k4/test_counts.json --ka 0 \
         --b runs/cdr/s*/eval_k4/test_counts.json --kb 3
@@ -39,11 +41,13 @@ import evaluation  # noqa: E402
 from utils import DataError  # noqa: E402
 
 COUNTS = ("num_correct", "num_pred", "num_gold", "num_correct_in_train")
+INFER_COUNTS = ("num_correct_infer", "num_pred_infer", "num_gold_infer")  # DocRED counts only
+METRICS = ("f1", "ign_f1", "infer_f1")
 
 
 def doc_counts(submission, gold_docs, train_docs=None, pred_path=None):
-    """[len(gold_docs), 4] array of COUNTS, one row per gold document. Entries whose title is no gold
-    document count in no row (the official precision would count them; they are reported as an error)."""
+    """[len(gold_docs), 7] array of COUNTS + INFER_COUNTS, one row per gold document. Entries whose title is no
+    gold document count in no row (the official precision would count them; they are reported as an error)."""
     titles = {d.get("title") for d in gold_docs}
     unknown = sorted({e.get("title") for e in submission if e.get("title") not in titles}, key=str)
     if unknown:
@@ -57,10 +61,10 @@ def doc_counts(submission, gold_docs, train_docs=None, pred_path=None):
         entries = by_title.get(doc["title"], [])
         if doc.get("labels"):
             s = evaluation.docred_scores(entries, [doc], train_docs, pred_path=pred_path)
-            rows.append([s[k] for k in COUNTS])
+            rows.append([s[k] for k in COUNTS + INFER_COUNTS])
         else:  # no gold fact: nothing can be correct; docred_scores refuses an unlabelled gold set
             unique = {(e["h_idx"], e["t_idx"], e["r"]) for e in entries}
-            rows.append([0, len(unique), 0, 0])
+            rows.append([0, len(unique), 0, 0, 0, 0, 0])
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -90,16 +94,27 @@ def counts_pairs(a_paths, b_paths, ka, kb):
     return pairs
 
 
-def f1_from_counts(c):
-    """F1 and Ign F1 in percent from summed COUNTS; c: [..., 4] -> two arrays of shape [...]."""
-    correct, pred, gold, in_train = np.moveaxis(c, -1, 0)
+def _f1(correct, pred, gold):
+    """F1 in percent from counts, 0 where a denominator is 0 (as evaluation.docred_scores)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(pred > 0, correct / pred, 0.0)
         r = np.where(gold > 0, correct / gold, 0.0)
+        return 100 * np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+
+
+def f1_from_counts(c):
+    """F1 and Ign F1 in percent from summed counts, and Infer-F1 where c has INFER_COUNTS too;
+    c: [..., 4] or [..., 7] -> a tuple of 2 or 3 arrays of shape [...] (METRICS order)."""
+    correct, pred, gold, in_train = np.moveaxis(c[..., :4], -1, 0)
+    # Ign F1: the precision leaves out correct triples seen in training; the recall is the plain recall
+    with np.errstate(divide="ignore", invalid="ignore"):
         ign_p = np.where(pred - in_train > 0, (correct - in_train) / (pred - in_train), 0.0)
-        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-        ign = np.where(ign_p + r > 0, 2 * ign_p * r / (ign_p + r), 0.0)
-    return 100 * f1, 100 * ign
+        r = np.where(gold > 0, correct / gold, 0.0)
+        ign = 100 * np.where(ign_p + r > 0, 2 * ign_p * r / (ign_p + r), 0.0)
+    scores = (_f1(correct, pred, gold), ign)
+    if c.shape[-1] == len(COUNTS) + len(INFER_COUNTS):
+        scores += (_f1(*np.moveaxis(c[..., 4:], -1, 0)),)
+    return scores
 
 
 def paired_bootstrap(counts_a, counts_b, samples=1000, seed=0):
@@ -109,11 +124,10 @@ def paired_bootstrap(counts_a, counts_b, samples=1000, seed=0):
     draws = rng.integers(0, n, size=(samples, n))  # [S, n] document indices
     out = {}
     for name, counts in (("a", counts_a), ("b", counts_b)):
-        f1, ign = f1_from_counts(counts.sum(0))
-        out[name] = {"f1": float(f1), "ign_f1": float(ign)}
-        out[f"_{name}_samples"] = f1_from_counts(counts[draws].sum(1))  # two [S] arrays
+        out[name] = {m: float(v) for m, v in zip(METRICS, f1_from_counts(counts.sum(0)))}
+        out[f"_{name}_samples"] = f1_from_counts(counts[draws].sum(1))  # two or three [S] arrays
     result = {"a": out["a"], "b": out["b"], "samples": samples, "documents": n}
-    for i, metric in enumerate(("f1", "ign_f1")):
+    for i, metric in enumerate(out["a"]):
         diff = out["_b_samples"][i] - out["_a_samples"][i]
         lo, hi = np.percentile(diff, [2.5, 97.5])
         result[f"{metric}_diff"] = {
@@ -133,19 +147,18 @@ def seeds_bootstrap(pairs, samples=1000, seed=0):
     picks = rng.integers(0, m, size=(samples, m))  # [S, m] seeds
     diffs, points = [], []
     for counts_a, counts_b in pairs:
-        fa, fb = f1_from_counts(counts_a[draws].sum(1)), f1_from_counts(counts_b[draws].sum(1))  # ([S], [S]) each
-        diffs.append(np.stack([fb[0] - fa[0], fb[1] - fa[1]]))  # [2, S]: F1, Ign F1
-        pa, pb = f1_from_counts(counts_a.sum(0)), f1_from_counts(counts_b.sum(0))
-        points.append([float(pa[0]), float(pb[0]), float(pa[1]), float(pb[1])])
-    diffs = np.stack(diffs)  # [m, 2, S]
-    sampled = diffs[picks, :, np.arange(samples)[:, None]].mean(1)  # [S, 2]: mean over the drawn seeds
-    points = np.asarray(points)  # [m, 4]: F1 a, F1 b, Ign a, Ign b
+        fa, fb = f1_from_counts(counts_a[draws].sum(1)), f1_from_counts(counts_b[draws].sum(1))  # M [S] arrays each
+        diffs.append(np.stack([b - a for a, b in zip(fa, fb)]))  # [M, S]: F1, Ign F1 (, Infer-F1)
+        points.append([f1_from_counts(counts_a.sum(0)), f1_from_counts(counts_b.sum(0))])
+    diffs = np.stack(diffs)  # [m, M, S]
+    sampled = diffs[picks, :, np.arange(samples)[:, None]].mean(1)  # [S, M]: mean over the drawn seeds
+    points = np.asarray(points, dtype=np.float64)  # [m, 2, M]: per seed, A and B
+    metrics = METRICS[:points.shape[2]]
     result = {"seeds": m, "samples": samples, "documents": n,
-              "a": {"f1": float(points[:, 0].mean()), "ign_f1": float(points[:, 2].mean())},
-              "b": {"f1": float(points[:, 1].mean()), "ign_f1": float(points[:, 3].mean())},
-              "per_seed_diff": {"f1": (points[:, 1] - points[:, 0]).tolist(),
-                                "ign_f1": (points[:, 3] - points[:, 2]).tolist()}}
-    for i, metric in enumerate(("f1", "ign_f1")):
+              "a": {k: float(points[:, 0, i].mean()) for i, k in enumerate(metrics)},
+              "b": {k: float(points[:, 1, i].mean()) for i, k in enumerate(metrics)},
+              "per_seed_diff": {k: (points[:, 1, i] - points[:, 0, i]).tolist() for i, k in enumerate(metrics)}}
+    for i, metric in enumerate(metrics):
         lo, hi = np.percentile(sampled[:, i], [2.5, 97.5])
         result[f"{metric}_diff"] = {"point": result["b"][metric] - result["a"][metric],
                                     "std": float(sampled[:, i].std(ddof=1)), "ci95": [float(lo), float(hi)],

@@ -94,6 +94,8 @@ def test_summarize_errors(tmp_path, capsys):
 # ---------------------------------------------------------------- bootstrap
 def gold_and_train():
     gold = [helpers.make_doc(i, num_entities=5) for i in range(12)]
+    for doc in gold[::2]:  # 0 -> 1 -> 2 and 0 -> 2: a triangle, so these documents have an inference set
+        doc["labels"].append({"h": 0, "t": 2, "r": "P17", "evidence": []})
     gold.append(helpers.make_doc(50, num_entities=3, labelled=False))  # a document without labels
     train = [helpers.make_doc(i + 3, num_entities=5) for i in range(4)]  # shares entity names with gold docs
     return gold, train
@@ -115,11 +117,14 @@ def test_bootstrap_counts_reproduce_official_scores():
     sub = submission(gold, keep=0.7, extra=1, seed=1)
     official = evaluation.docred_scores(sub, gold, train)
     assert official["num_correct_in_train"] > 0  # Ign F1 differs from F1 here
+    assert 0 < official["num_correct_infer"] < official["num_pred_infer"] and official["num_gold_infer"] == 18
     counts = bootstrap.doc_counts(sub, gold, train)
-    assert counts.shape == (len(gold), 4)
-    assert counts.sum(0).tolist() == [official[k] for k in bootstrap.COUNTS]
-    f1, ign = bootstrap.f1_from_counts(counts.sum(0))
+    assert counts.shape == (len(gold), 7)
+    assert counts.sum(0).tolist() == [official[k] for k in bootstrap.COUNTS + bootstrap.INFER_COUNTS]
+    f1, ign, infer = bootstrap.f1_from_counts(counts.sum(0))
     assert math.isclose(f1, official["f1"], abs_tol=1e-9) and math.isclose(ign, official["ign_f1"], abs_tol=1e-9)
+    assert math.isclose(infer, official["infer_f1"], abs_tol=1e-9)
+    assert len(bootstrap.f1_from_counts(counts[:, :4].sum(0))) == 2  # CDR / GDA counts: no Infer-F1
 
 
 def test_paired_bootstrap_difference():
@@ -127,7 +132,8 @@ def test_paired_bootstrap_difference():
     worse = bootstrap.doc_counts(submission(gold, keep=0.5, extra=2, seed=2), gold, train)
     perfect = bootstrap.doc_counts(submission(gold, keep=1.0, extra=0, seed=3), gold, train)
     res = bootstrap.paired_bootstrap(worse, perfect, samples=300, seed=0)
-    assert res["b"]["f1"] == 100.0 and res["documents"] == len(gold)
+    assert res["b"]["f1"] == 100.0 and res["b"]["infer_f1"] == 100.0 and res["documents"] == len(gold)
+    assert 0 < res["infer_f1_diff"]["ci95"][0] and res["infer_f1_diff"]["point"] == 100.0 - res["a"]["infer_f1"]
     d = res["f1_diff"]
     assert math.isclose(d["point"], 100.0 - res["a"]["f1"])
     assert 0 < d["ci95"][0] <= d["point"] <= d["ci95"][1] and d["p_b_not_better"] == 0.0 and d["std"] > 0
@@ -146,6 +152,14 @@ def test_bootstrap_cli(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     official = evaluation.docred_scores(json.load(open(paths["b"])), gold, train)
     assert math.isclose(res["b"]["ign_f1"], official["ign_f1"]) and res["samples"] == 100
+    assert math.isclose(res["b"]["infer_f1"], official["infer_f1"])
+    # two seeds: every metric, each seed's difference and the interval of their mean
+    assert bootstrap.main(["--gold", paths["gold"], "--a", paths["a"], paths["b"], "--b", paths["b"], paths["b"],
+                           "--samples", "100"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["seeds"] == 2 and set(res["per_seed_diff"]) == {"f1", "ign_f1", "infer_f1"}
+    assert res["per_seed_diff"]["infer_f1"][1] == 0.0 < res["per_seed_diff"]["infer_f1"][0]
+    assert math.isclose(res["infer_f1_diff"]["point"], res["per_seed_diff"]["infer_f1"][0] / 2)
     stray = helpers.write_docs(tmp_path, "stray.json", [{"title": "Nowhere", "h_idx": 0, "t_idx": 1, "r": "P17"}])
     assert bootstrap.main(["--gold", paths["gold"], "--a", paths["a"], "--b", stray]) == 2
     err = capsys.readouterr().err
@@ -168,6 +182,7 @@ def test_bootstrap_counts_files_of_cdr(tmp_path, capsys):
     assert res["seeds"] == 2 and res["documents"] == 30
     assert math.isclose(res["a"]["f1"], 50.0) and math.isclose(res["b"]["f1"], 100.0)
     assert res["f1_diff"]["ci95"] == [50.0, 50.0] and res["per_seed_diff"]["f1"] == [50.0, 50.0]
+    assert "infer_f1_diff" not in res and set(res["a"]) == {"f1", "ign_f1"}
     other = write_counts(tmp_path / "other.json", titles[::-1], {"0": base, "3": better})
     broken = tmp_path / "broken.json"
     broken.write_text('{"titles": [')
