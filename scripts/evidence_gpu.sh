@@ -98,7 +98,7 @@ wait
 cat "$OUT/evidence_sh.log" >> "$LOG"
 log "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"
 
-# Figure 5: mean |W_c| on the F half and the R half of every finished run's best.pt.
+# Figure 5: mean |W_c| on the F half and the R half of every best.pt (of stopped runs too).
 mapfile -t best < <(ls "$RUNS_DIR"/*/*/*/best.pt 2>/dev/null)
 [ ${#best[@]} -gt 0 ] && python scripts/plot.py halves "${best[@]}" > "$OUT/halves.json" 2>> "$LOG"
 tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
