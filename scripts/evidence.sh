@@ -52,8 +52,9 @@ run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evalu
 
 for item in "${queue[@]}"; do
   IFS=/ read -r recipe variant seed <<< "$item"
-  [ -n "${flags[$variant]+set}" ] && [ -n "$seed" ] || { echo "not RECIPE/VARIANT/SEED with a known variant: $item" >&2
-                                                          exit 2; }
+  if [ -z "$seed" ] || [ -z "${flags[$variant]+set}" ]; then  # (an empty seed also means an empty variant)
+    echo "not RECIPE/VARIANT/SEED with a known variant: $item" >&2; exit 2
+  fi
 done
 for item in "${queue[@]}"; do
   IFS=/ read -r recipe variant seed <<< "$item"

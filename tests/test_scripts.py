@@ -409,6 +409,7 @@ def test_evidence_runs_in_the_given_order_and_skips_finished_ones(tmp_path):
 @pytest.mark.parametrize("runs,seeds,message", [
     ("paper/bogus/1", (), "not RECIPE/VARIANT/SEED with a known variant: paper/bogus/1"),
     ("paper/full", (), "not RECIPE/VARIANT/SEED with a known variant: paper/full"),
+    ("paper/full/1 paper", (), "not RECIPE/VARIANT/SEED with a known variant: paper\n"),
     ("", (), "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED"),
 ])
 def test_evidence_bad_runs(tmp_path, runs, seeds, message):
