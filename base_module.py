@@ -13,6 +13,8 @@ from transformers.masking_utils import sdpa_mask
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
+from utils import LogitLinear
+
 SDPA_EXCEPT_LAST = "docre_sdpa_except_last"
 # Not cuDNN's attention: it builds an execution plan for every new sequence length (1.7 s for the first
 # batch and 110-140 ms for each new length on an H200, bench/gpu_suite.sh), and document lengths vary.
@@ -172,7 +174,7 @@ class BaseModule(nn.Module):
         self.head_extractor = nn.Linear(2 * d, e)  # W_s of Eq. (2), acting on [h(e_s), c_so]
         self.tail_extractor = nn.Linear(2 * d, e)  # W_o of Eq. (3), acting on [h(e_o), c_so]
         self.pair_fnn = nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, e))  # FNN of Eq. (2)-(3)
-        self.classifier = nn.Linear(e, num_class)  # W_r, b_r of Eq. (4)
+        self.classifier = LogitLinear(e, num_class)  # W_r, b_r of Eq. (4), in fp32 under autocast
 
     def unused_parameters(self):
         """Encoder parameters the forward pass never reaches: the pooler that HF BERT/RoBERTa compute."""

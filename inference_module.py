@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils import LogitLinear
+
 
 def scatter_pairs(x, pairs):
     """[P, X] packed pairs -> [B, N, N, X] matrix with zeros at invalid pairs."""
@@ -157,10 +159,10 @@ class InferenceModule(nn.Module):
         self.layers = nn.ModuleList(
             InferenceLayer(dim, heads_per_line, dropout, eca, fusion) for _ in range(num_layers))
         if classifier_layers == 1:
-            self.classifier = nn.Linear(2 * dim, num_class)  # W_c, b_c of Eq. (12)
+            self.classifier = LogitLinear(2 * dim, num_class)  # W_c, b_c of Eq. (12), in fp32 under autocast
         else:  # the authors' classifier: W_c maps [F, R] to D first (then dropout, LayerNorm, a linear layer)
             self.classifier = nn.Sequential(nn.Linear(2 * dim, dim), nn.Dropout(dropout), nn.LayerNorm(dim),
-                                            nn.Linear(dim, num_class))
+                                            LogitLinear(dim, num_class))
 
     def relation_matrix(self, relations):
         """R_0: relation ids [P] -> emb(ids) (Eq. 12's emb(argmax P)), or a multi-hot [P, C] -> the sum of the

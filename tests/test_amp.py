@@ -9,7 +9,9 @@ import torch
 import base_module
 import helpers
 import train
-from losses import at_loss, simsiam_loss
+from inference_module import InferenceModule
+from losses import at_loss, get_label, simsiam_loss
+from utils import LogitLinear, Pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -53,6 +55,45 @@ def test_logsumexp_pooling_runs_in_float32_under_autocast(monkeypatch):
     assert seen == [torch.float32]
     expected = torch.logsumexp(seq[0, [1, 3]].float(), dim=0)
     assert torch.allclose(h[0, 0].float(), expected, atol=1e-2)
+
+
+def test_bf16_ties_a_close_relation_with_the_threshold_but_logit_linear_does_not():
+    # Two classes (threshold, relation) whose logits differ by 0.01 at a size of about 10: bf16 (8 significant
+    # bits, a step of 1/16 there) rounds both to the same value, and a tie is "no relation".
+    x = torch.full((1, 4), 2.5)
+    weight = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.001]])
+    plain, fp32 = torch.nn.Linear(4, 2, bias=False), LogitLinear(4, 2, bias=False)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        fp32.weight.copy_(weight)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tied, kept = plain(x), fp32(x)
+    assert tied.dtype == torch.bfloat16 and tied[0, 0] == tied[0, 1]
+    assert get_label(tied.float()).tolist() == [[1.0, 0.0]]
+    assert kept.dtype == torch.float32
+    assert (kept[0, 1] - kept[0, 0]).item() == pytest.approx(0.0025, rel=1e-3)
+    assert get_label(kept).tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("classifier_layers", [1, 2])
+def test_inference_logits_are_float32_under_autocast(dtype, classifier_layers):
+    """The inference module's logits come out of a LogitLinear: float32, its fp32 math on its input."""
+    g = torch.Generator().manual_seed(0)
+    inference = InferenceModule(8, 16, 5, num_layers=1, dropout=0.0, classifier_layers=classifier_layers).eval()
+    last = inference.classifier if classifier_layers == 1 else inference.classifier[-1]
+    assert isinstance(last, LogitLinear)
+    seen = []
+    last.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    feats = torch.randn(6, 8, generator=g)
+    relations = torch.randint(0, 5, (6,), generator=g)
+    pairs = Pairs.from_mask(~torch.eye(3, dtype=torch.bool)[None])  # one document of 3 entities: 6 pairs
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        _, _, logits = inference(feats, relations, pairs)
+    (x, out), = seen
+    assert logits.dtype == torch.float32
+    assert torch.equal(out, torch.nn.functional.linear(x.float(), last.weight, last.bias))
+    assert list(last.state_dict()) == ["weight", "bias"]  # checkpoints of nn.Linear load unchanged
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

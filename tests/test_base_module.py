@@ -47,6 +47,18 @@ def make_base(emb_size=24, seed=0):
     return BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=emb_size).eval()
 
 
+def test_logits_are_float32_under_bf16_autocast():
+    """The base module's classifier (Eq. 4) runs in fp32 on the bf16 pair features: ties with the threshold
+    class are not rounded into "no relation" (utils.LogitLinear)."""
+    base = make_base()
+    batch = collate_fn(docs())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, logits = run_base(base, batch)
+    assert feats.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    expected = F.linear(feats.float(), base.classifier.weight, base.classifier.bias)
+    assert torch.equal(logits, expected)
+
+
 def test_shapes_and_masks():
     base = make_base()
     feats = docs()
