@@ -65,7 +65,7 @@ def set_rng_state(state):
 
 def resolve_amp(amp, device_type):
     """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX),
-    else none. Losses and entity pooling stay in float32 under autocast."""
+    else none. Losses, entity pooling and the logits (LogitLinear) stay in float32 under autocast."""
     if amp != "auto":
         return amp
     if device_type == "cuda":
@@ -80,7 +80,7 @@ class LogitLinear(torch.nn.Linear):
     compares each relation's logit with the threshold class's, and bf16 keeps 8 significant bits: logits closer
     than about 1/128 of their size come out equal, and a tie is "no relation". A bf16-trained Re-DocRED model
     scored in bf16 submitted 1.5% fewer triples than the same weights in fp32, nearly all of them lost ties
-    (docs/RESULTS.md, bf16 against fp32). The layer is small (features -> classes), so fp32 costs little.
+    (docs/RESULTS.md, bf16 against fp32). Only this last product, features -> classes, runs in fp32.
     Same parameters and state_dict keys as nn.Linear."""
 
     def forward(self, x):
