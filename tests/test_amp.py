@@ -58,7 +58,7 @@ def test_logsumexp_pooling_runs_in_float32_under_autocast(monkeypatch):
 
 
 def test_bf16_ties_a_close_relation_with_the_threshold_but_logit_linear_does_not():
-    # Two classes (threshold, relation) whose logits differ by 0.01 at a size of about 10: bf16 (8 significant
+    # Two classes (threshold, relation) whose logits differ by 0.0025 at a size of 10: bf16 (8 significant
     # bits, a step of 1/16 there) rounds both to the same value, and a tie is "no relation".
     x = torch.full((1, 4), 2.5)
     weight = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.001]])
