@@ -69,10 +69,16 @@ def kind_scores(correct, gold, predicted_in_slots):
 
 
 def precision_interval(counts, samples=1000, seed=0):
-    """95% interval of a kind's precision within its slots over documents resampled with replacement: counts
-    [docs, 4] of kind_doc_counts (correct, predicted in the slots, gold, 0)."""
+    """95% interval of a kind's precision within its slots: counts [docs, 4] of kind_doc_counts (correct,
+    predicted in the slots, gold, 0) of one run, documents resampled with replacement; or [runs, docs, 4], one
+    per training seed, the runs and the documents resampled (the same documents for every run) and the counts
+    pooled over the drawn runs, as oracle_relations.mean_rows pools them."""
+    counts = np.asarray(counts)
+    counts = counts[None] if counts.ndim == 2 else counts  # [runs, docs, 4]
     rng = np.random.default_rng(seed)
-    sums = counts[rng.integers(0, len(counts), size=(samples, len(counts)))].sum(1)  # [samples, 4]
+    docs = rng.integers(0, counts.shape[1], size=(samples, counts.shape[1]))
+    runs = rng.integers(0, len(counts), size=(samples, len(counts)))
+    sums = counts[runs[:, :, None], docs[:, None, :]].sum((1, 2))  # [samples, runs, docs, 4] -> [samples, 4]
     precision = 100 * sums[:, 0] / np.maximum(sums[:, 1], 1)
     return [float(np.percentile(precision, 2.5)), float(np.percentile(precision, 97.5))]
 
@@ -140,15 +146,15 @@ def report(gold_docs, predictions, *, gold_path=None):
 
 
 def format_table(rows):
-    """Markdown table of report() rows; the stated / inferred columns only where the gold file marks them, a
-    precision's documents interval where the row has one (rows pooled over runs have none)."""
+    """Markdown table of report() (or oracle_relations.mean_rows) rows; the stated / inferred columns, with each
+    precision's interval, only where the gold file marks them."""
     def cells(part):
         if part is None:
             return " - | - |"
         correct_in_slots = round(part["precision"] * part["predicted"] / 100)
-        interval = " [{:.2f}, {:.2f}]".format(*part["precision_ci95"]) if "precision_ci95" in part else ""
         return (f" {part['recall']:.2f} ({part['correct']}/{part['gold']}) | "
-                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']}){interval} |")
+                f"{part['precision']:.2f} ({correct_in_slots}/{part['predicted']}) "
+                "[{:.2f}, {:.2f}] |".format(*part["precision_ci95"]))
     marked = any(row[kind] is not None for row in rows for kind in COLUMNS)
     lines = ["| predictions | precision | recall | F1 |"
              + (" stated: recall | stated: precision | inferred: recall | inferred: precision |" if marked else ""),

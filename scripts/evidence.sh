@@ -10,6 +10,7 @@
 #   DATA=dataset/redocred TRAIN=train_mini.json DEV=dev_mini.json TEST= (a labelled test file: scored too)
 #   DATASET=docred  EPOCHS=8  BATCH=4
 #   JOBS=2 (runs at once)  THREADS=1 (CPU threads per run)  EXTRA= (more train.py flags for every run)
+#   AMP=auto (train.py --amp, for the training run and for its final evaluation alike)
 #   RUNS="RECIPE/VARIANT/SEED ..." (instead of RECIPES x VARIANTS x SEEDS: exactly these runs, started in this
 #   order; no SEED arguments then)
 # The stage-1 checkpoint fixes the encoder and the data flags it was trained with (train.py reads them from it).
@@ -28,11 +29,11 @@ else
     queue+=("$recipe/$variant/$seed"); done; done; done
 fi
 DATA=${DATA:-dataset/redocred} TRAIN=${TRAIN:-train_mini.json} DEV=${DEV:-dev_mini.json} TEST=${TEST:-}
-DATASET=${DATASET:-docred}
+DATASET=${DATASET:-docred} AMP=${AMP:-auto}
 EPOCHS=${EPOCHS:-8} BATCH=${BATCH:-4} JOBS=${JOBS:-2} THREADS=${THREADS:-1}
 read -r -a extra <<< "${EXTRA:-}"
 data=(--dataset "$DATASET" --data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file "$TEST"
-      --threads "$THREADS")
+      --threads "$THREADS" --amp "$AMP")
 declare -A flags=([full]="" [no_contrastive]="--contrastive none" [no_fusion]="--no_fusion" [no_eca]="--eca full"
                   [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1")
 

@@ -9,13 +9,15 @@ instead (the never-stated, "inferred": true, facts of the gold file are left out
 away), and later passes read their own predictions as usual. The report (scripts/demo_report.py's table) puts
 the model as trained beside it: when the inference module gets the never-stated facts right from correct
 stated facts but not from the base module's, the base module is what holds it back. With several checkpoints
-(one per training seed) the table gives the mean over them.
+(one per training seed) the table gives the mean over them, and each kind's precision pooled over them with a
+95% interval from resampling the seeds and the documents.
 """
 import argparse
 import json
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,7 +56,8 @@ def submissions(predictor, features, gold, passes, own=True):
 
 
 def diagnose(path, gold, gold_path):
-    """demo_report rows of one checkpoint: its own predictions, then those with the stated gold facts as R_0."""
+    """demo_report rows of one checkpoint, its own predictions then those with the stated gold facts as R_0,
+    and each row's demo_report.kind_doc_counts."""
     predictor = predict.Predictor.from_checkpoint(path, device="cpu")
     if predictor.num_iterations < 1:
         raise UsageError(f"{path}: a stage-1 checkpoint has no trained inference module")
@@ -64,11 +67,14 @@ def diagnose(path, gold, gold_path):
     k = predictor.num_iterations
     given, own = submissions(predictor, features, gold, k)
     preds = [(f"K={k}, R_0 from the base module (as trained)", own), (f"K={k}, R_0 = the stated gold facts", given)]
-    return demo_report.report(gold, preds, gold_path=gold_path)
+    return (demo_report.report(gold, preds, gold_path=gold_path),
+            [demo_report.kind_doc_counts(gold, submission) for _, submission in preds])
 
 
-def mean_rows(runs):
-    """Rows over the runs: mean precision, recall and F1; per kind, recall and precision pooled over the runs."""
+def mean_rows(runs, counts):
+    """Rows over the runs (one per training seed): mean precision, recall and F1; per kind, recall and precision
+    pooled over the runs, the precision with its interval over runs and documents resampled. counts: each
+    run's kind_doc_counts per row."""
     rows = []
     for i, first in enumerate(runs[0]):
         row = {"label": f"{first['label']}, {len(runs)} runs"}
@@ -77,7 +83,8 @@ def mean_rows(runs):
         for kind in demo_report.COLUMNS:
             correct, gold, predicted = (sum(run[i][kind][key] for run in runs)
                                         for key in ("correct", "gold", "predicted"))
-            row[kind] = demo_report.kind_scores(correct, gold, predicted)
+            row[kind] = {**demo_report.kind_scores(correct, gold, predicted), "precision_ci95":
+                         demo_report.precision_interval(np.stack([run[i][kind] for run in counts]))}
         rows.append(row)
     return rows
 
@@ -92,11 +99,11 @@ def main(argv=None):
         gold = evaluation.load_docs(args.gold)
         if not demo_report.gold_facts(gold)[1]:
             raise DataError(f"{args.gold}: no label says whether it is inferred (see scripts/make_demo_data.py)")
-        runs = [diagnose(path, gold, args.gold) for path in args.checkpoint]
-        rows = runs[0] if len(runs) == 1 else mean_rows(runs)
+        runs, counts = zip(*(diagnose(path, gold, args.gold) for path in args.checkpoint))
+        rows = runs[0] if len(runs) == 1 else mean_rows(runs, counts)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump({"checkpoints": args.checkpoint, "runs": runs, "rows": rows}, fh, indent=1)
+                json.dump({"checkpoints": args.checkpoint, "runs": list(runs), "rows": rows}, fh, indent=1)
     except (DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

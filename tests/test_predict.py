@@ -2,6 +2,7 @@
 loads with torch.load(weights_only=True) and predicts after being moved to a fresh folder, offline, with the
 encoder folder it was trained from deleted. Predictions equal those of train.py --evaluate_only (one code path)."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -232,6 +233,17 @@ def test_oracle_relations_diagnostic(env, tmp_path, capsys):
         decoded = oracle_relations.stated_relations(f, doc, 97).argmax(-1).tolist()
         stated = {(lab["h"], lab["t"]): predictor.rel2id[lab["r"]] for lab in doc["labels"] if not lab["inferred"]}
         assert decoded == [stated.get((h, t), 0) for h, t in f["hts"]]
+    # two seeds (here the same checkpoint twice): counts pooled, the intervals those of one run
+    twice = tmp_path / "twice.json"
+    assert oracle_relations.main(["--checkpoint", str(env["ckpt"]), str(env["ckpt"]), "--gold", gold,
+                                  "--json", str(twice)]) == 0
+    pooled = json.loads(twice.read_text())["rows"]
+    for one, both in zip(rows, pooled):
+        assert both["label"] == one["label"] + ", 2 runs" and math.isclose(both["f1"], one["f1"])
+        for kind in ("stated", "inferred"):
+            assert both[kind]["correct"] == 2 * one[kind]["correct"]
+            assert both[kind]["precision_ci95"] == one[kind]["precision_ci95"]
+            assert math.isclose(both[kind]["precision"], one[kind]["precision"])
     assert oracle_relations.main(["--checkpoint", str(env["stage1"]), "--gold", gold]) == 2
     assert "stage-1 checkpoint" in capsys.readouterr().err
 

@@ -301,11 +301,6 @@ def test_demo_report_numbers():
                         "0.00 (0/1) [0.00, 0.00] |")
     assert table[3] == ("| K=3 | 83.33 | 71.43 | 76.92 | 75.00 (3/4) | 100.00 (3/3) [100.00, 100.00] | 66.67 (2/3) | "
                         "66.67 (2/3) [50.00, 100.00] |")
-    pooled = [{**row, "stated": dict(row["stated"]), "inferred": dict(row["inferred"])} for row in rows[:1]]
-    for kind in ("stated", "inferred"):
-        del pooled[0][kind]["precision_ci95"]  # rows pooled over runs (oracle_relations.mean_rows) have none
-    assert demo_report.format_table(pooled).splitlines()[2] == \
-        "| K=0 | 75.00 | 42.86 | 54.55 | 75.00 (3/4) | 100.00 (3/3) | 0.00 (0/3) | 0.00 (0/1) |"
 
 
 def test_demo_report_precision_interval():
@@ -314,6 +309,14 @@ def test_demo_report_precision_interval():
     mixed = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]] * 20)  # 20 of 40 right
     low, high = demo_report.precision_interval(mixed, samples=2000)
     assert 30 < low < 50 < high < 70
+    # several runs (training seeds): identical runs give the one run's interval; runs that disagree widen it
+    assert demo_report.precision_interval(np.stack([mixed] * 3)) == demo_report.precision_interval(mixed)
+    right, wrong = np.tile([1.0, 1.0, 1.0, 0.0], (40, 1)), np.tile([0.0, 1.0, 1.0, 0.0], (40, 1))
+    assert demo_report.precision_interval(right) == [100.0, 100.0]
+    low, high = demo_report.precision_interval(np.stack([right, wrong]), samples=2000)
+    assert low == 0.0 and high == 100.0  # the seeds drawn decide: both wrong, both right, or one each (50)
+    low, high = demo_report.precision_interval(np.stack([right, right, wrong] * 2), samples=2000)
+    assert 0 < low < 200 / 3 < high
 
 
 def test_demo_report_unmarked_gold_and_cli(tmp_path, capsys):
@@ -404,6 +407,16 @@ def test_evidence_runs_in_the_given_order_and_skips_finished_ones(tmp_path):
     assert code == 0, err
     order = [(c.split("--save_path ")[1].split()[0]) for c in calls if "--evaluate_only" not in c]
     assert [o.split("/ev/")[1] for o in order] == ["paper/full/s7", "paper/ni1/s7", "paper/full/s8", "paper/ni1/s8"]
+
+
+def test_evidence_trains_and_evaluates_in_one_precision(tmp_path):
+    code, err, calls = run_evidence(tmp_path, "authors/full/1")
+    assert code == 0, err
+    assert len(calls) == 2 and all("--amp auto" in c for c in calls)
+    (tmp_path / "fp32").mkdir()
+    code, err, calls = run_evidence(tmp_path / "fp32", "authors/full/1", AMP="none")
+    assert code == 0, err
+    assert len(calls) == 2 and all("--amp none" in c and "--amp auto" not in c for c in calls)
 
 
 @pytest.mark.parametrize("runs,seeds,message", [
