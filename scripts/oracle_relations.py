@@ -73,18 +73,18 @@ def diagnose(path, gold, gold_path):
 
 def mean_rows(runs, counts):
     """Rows over the runs (one per training seed): mean precision, recall and F1; per kind, recall and precision
-    pooled over the runs, the precision with its interval over runs and documents resampled. counts: each
-    run's kind_doc_counts per row."""
+    pooled over the runs (from counts: each run's kind_doc_counts per row), the precision with its interval
+    over runs and documents resampled."""
     rows = []
     for i, first in enumerate(runs[0]):
         row = {"label": f"{first['label']}, {len(runs)} runs"}
         for key in ("precision", "recall", "f1"):
             row[key] = sum(run[i][key] for run in runs) / len(runs)
         for kind in demo_report.COLUMNS:
-            correct, gold, predicted = (sum(run[i][kind][key] for run in runs)
-                                        for key in ("correct", "gold", "predicted"))
-            row[kind] = {**demo_report.kind_scores(correct, gold, predicted), "precision_ci95":
-                         demo_report.precision_interval(np.stack([run[i][kind] for run in counts]))}
+            stacked = np.stack([run[i][kind] for run in counts])  # [runs, docs, 4]
+            correct, predicted, gold, _ = (int(v) for v in stacked.sum((0, 1)))
+            row[kind] = {**demo_report.kind_scores(correct, gold, predicted),
+                         "precision_ci95": demo_report.precision_interval(stacked)}
         rows.append(row)
     return rows
 
