@@ -161,19 +161,29 @@ class LongEncoder(nn.Module):
 class BaseModule(nn.Module):
     """ATLOP-style base module. Returns features F and logits of the valid pairs, packed: [P, e], [P, C]."""
 
-    def __init__(self, encoder, start_ids, end_ids, num_class, emb_size=None, window=None):
+    def __init__(self, encoder, start_ids, end_ids, num_class, emb_size=None, window=None, pair_form="fnn",
+                 block_size=64):
         super().__init__()
         cfg = encoder.config
         d = cfg.hidden_size
         e = emb_size or d
+        if pair_form not in ("fnn", "bilinear"):
+            raise ValueError(f"pair_form must be 'fnn' or 'bilinear', got {pair_form!r}")
+        if pair_form == "bilinear" and (block_size < 1 or e % block_size):
+            raise ValueError(f"the grouped bilinear needs a block size that divides the pair-feature width "
+                             f"{e}, got {block_size}")
         if window is None:
             # RoBERTa reserves two positions for its padding offset.
             window = min(512, cfg.max_position_embeddings - (2 if cfg.model_type in ("roberta", "xlm-roberta") else 0))
         self.encoder = LongEncoder(encoder, start_ids, end_ids, window)
         self.hidden_size, self.emb_size, self.num_class = d, e, num_class
+        self.pair_form, self.block_size = pair_form, block_size
         self.head_extractor = nn.Linear(2 * d, e)  # W_s of Eq. (2), acting on [h(e_s), c_so]
         self.tail_extractor = nn.Linear(2 * d, e)  # W_o of Eq. (3), acting on [h(e_o), c_so]
-        self.pair_fnn = nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, e))  # FNN of Eq. (2)-(3)
+        if pair_form == "fnn":  # the paper's wording: FNN over the concatenation [z_s, z_o]
+            self.pair_fnn = nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, e))
+        else:  # the authors' code: ATLOP's grouped bilinear of z_s and z_o, then Linear + ReLU
+            self.pair_fnn = nn.Sequential(nn.Linear(e * block_size, e), nn.ReLU())
         self.classifier = LogitLinear(e, num_class)  # W_r, b_r of Eq. (4), in fp32 under autocast
 
     def unused_parameters(self):
@@ -216,6 +226,10 @@ class BaseModule(nn.Module):
     def pair_features(self, h, c, pairs):
         """Eq. (2)-(3): F_so = FNN([tanh(W_s[h_s, c_so]), tanh(W_o[h_o, c_so])]) for the P valid pairs.
 
+        The FNN reads the concatenation [z_s, z_o] (pair_form "fnn", the paper's wording) or, as in the
+        authors' code, ATLOP's grouped bilinear of z_s and z_o (pair_form "bilinear"): blocks of k features,
+        every product z_s[i] z_o[j] within a block, then Linear + ReLU. Only the bilinear multiplies head and
+        tail features, which is what matching a head with its tail needs.
         W[h, c] is split as W_h h + W_c c so the entity halves are computed once per entity, not per pair.
         h [B, N, d], c [P, d] -> [P, e].
         """
@@ -224,7 +238,12 @@ class BaseModule(nn.Module):
         ws, wo = self.head_extractor, self.tail_extractor
         zs = torch.tanh(F.linear(h, ws.weight[:, :d])[b, s] + F.linear(c, ws.weight[:, d:], ws.bias))
         zo = torch.tanh(F.linear(h, wo.weight[:, :d])[b, o] + F.linear(c, wo.weight[:, d:], wo.bias))
-        return self.pair_fnn(torch.cat([zs, zo], dim=-1))
+        if self.pair_form == "fnn":
+            return self.pair_fnn(torch.cat([zs, zo], dim=-1))
+        k = self.block_size
+        # [P, e/k, k, 1] * [P, e/k, 1, k] -> [P, e/k, k, k] -> [P, e * k]
+        blocks = zs.unflatten(-1, (-1, k)).unsqueeze(-1) * zo.unflatten(-1, (-1, k)).unsqueeze(-2)
+        return self.pair_fnn(blocks.flatten(1))
 
     def forward(self, input_ids, attention_mask, mention_pos, mention_mask, pairs):
         """-> pair features F [P, e] and logits [P, C] (Eq. (4) before the sigmoid) of the valid pairs."""

@@ -41,7 +41,8 @@ from utils import (all_max, atomic_link, atomic_write_json, autocast, barrier, c
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
 # ablations of Table 4 can share one stage 1).
-BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "rel2id")
+BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "pair_features",
+             "block_size", "rel2id")
 INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
                   "contrastive", "classifier_layers", "rel_emb_init", "relation_input", "test_logits")
 # Flags a resumed run may change: how it runs, not what it computes.
@@ -81,6 +82,10 @@ def build_parser():
     a("--model_name_or_path", default=None, help="HF name or local folder (default: bundled all-MiniLM-L6-v2)")
     a("--max_seq_length", type=int, default=1024)
     a("--emb_size", type=int, default=0, help="pair-feature width e (0 = encoder hidden size)")
+    a("--pair_features", choices=["fnn", "bilinear"], default="fnn",
+      help="Eq. (2)-(3)'s FNN: over the concatenation [z_s, z_o] (the paper's wording), or ATLOP's grouped "
+           "bilinear of z_s and z_o then Linear + ReLU (the authors' code)")
+    a("--block_size", type=int, default=64, help="block size of --pair_features bilinear (ATLOP's 64)")
     a("--attention", choices=["eager", "sdpa"], default="eager",
       help="encoder attention: eager in every layer, or SDPA in every layer but the last (same results; "
            "the last layer's map is the only one read)")
@@ -238,7 +243,8 @@ def validate_args(args):
         if getattr(args, name) < low:
             raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
     for name in ("train_batch_size", "test_batch_size", "gradient_accumulation_steps", "num_inference_layers",
-                 "inference_dim", "eca_heads_per_line", "max_seq_length", "log_every", "max_bad_steps"):
+                 "inference_dim", "eca_heads_per_line", "max_seq_length", "log_every", "max_bad_steps",
+                 "block_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     for name in ("noise_max", "withhold_max"):

@@ -55,12 +55,15 @@ def submissions(predictor, features, gold, passes, own=True):
     return [given, official()] if own else [given]
 
 
-def diagnose(path, gold, gold_path):
+def diagnose(path, gold, gold_path, test_logits=None):
     """demo_report rows of one checkpoint, its own predictions then those with the stated gold facts as R_0,
-    and each row's demo_report.kind_doc_counts."""
+    and each row's demo_report.kind_doc_counts. ``test_logits`` ("last" or "sum") replaces the run's test-time
+    score (--test_logits), which also sets what each later pass reads."""
     predictor = predict.Predictor.from_checkpoint(path, device="cpu")
     if predictor.num_iterations < 1:
         raise UsageError(f"{path}: a stage-1 checkpoint has no trained inference module")
+    if test_logits:
+        predictor.model.recipe.test_logits = test_logits
     # with their labels (Predictor.features drops them; predictions do not read them)
     features = prepro.docred_features(gold, predictor.tokenizer, predictor.args.max_seq_length, predictor.rel2id,
                                       gold_path)
@@ -94,16 +97,20 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True, nargs="+", help="best.pt of a stage-2 run (one per seed)")
     p.add_argument("--gold", required=True, help="labelled documents whose never-stated facts are marked")
     p.add_argument("--json", help="also write the report rows as JSON to this file")
+    p.add_argument("--test_logits", choices=["last", "sum"],
+                   help="score the passes this way instead of as each run was trained to (train.py --test_logits): "
+                        "'last' reads the inference module's own logits, without the base logits the authors' "
+                        "'sum' adds")
     args = p.parse_args(argv)
     try:
         gold = evaluation.load_docs(args.gold)
         if not demo_report.gold_facts(gold)[1]:
             raise DataError(f"{args.gold}: no label says whether it is inferred (see scripts/make_demo_data.py)")
-        runs, counts = zip(*(diagnose(path, gold, args.gold) for path in args.checkpoint))
+        runs, counts = zip(*(diagnose(path, gold, args.gold, args.test_logits) for path in args.checkpoint))
         rows = runs[0] if len(runs) == 1 else mean_rows(runs, counts)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump({"checkpoints": args.checkpoint, "runs": list(runs), "rows": rows}, fh, indent=1)
+                json.dump({"checkpoints": args.checkpoint, "test_logits": args.test_logits, "runs": list(runs), "rows": rows}, fh, indent=1)
     except (DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

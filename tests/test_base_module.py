@@ -196,6 +196,36 @@ def test_pair_features_eq2_eq3_against_full_concatenation():
     torch.testing.assert_close(out, torch.stack(refs), atol=1e-10, rtol=0)
 
 
+def test_pair_features_bilinear_against_atlop_grouped_bilinear():
+    """--pair_features bilinear: z_s and z_o cut into blocks of k, every product z_s[i] z_o[j] within a block
+    (ATLOP's grouped bilinear), then Linear + ReLU: the authors' F."""
+    enc = tiny_encoder(0)
+    torch.manual_seed(5)
+    base = BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="bilinear", block_size=8).double()
+    B, N, d, e, k = 2, 3, 32, 24, 8
+    h = torch.randn(B, N, d, dtype=torch.float64)
+    ent = torch.tensor([[True] * 3, [True, True, False]])
+    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
+    P = int(pair_mask.sum())
+    c = torch.randn(P, d, dtype=torch.float64)
+    linear = base.pair_fnn[0]
+    assert linear.in_features == e * k and linear.out_features == e
+    with torch.no_grad():
+        out = base.pair_features(h, c, Pairs.from_mask(pair_mask))
+        refs = []
+        for p, (b, s, o) in enumerate(pair_mask.nonzero().tolist()):
+            zs = torch.tanh(base.head_extractor(torch.cat([h[b, s], c[p]])))
+            zo = torch.tanh(base.tail_extractor(torch.cat([h[b, o], c[p]])))
+            products = [zs[g * k + i] * zo[g * k + j] for g in range(e // k) for i in range(k) for j in range(k)]
+            refs.append(torch.relu(linear(torch.stack(products))))
+    assert out.shape == (P, e)
+    torch.testing.assert_close(out, torch.stack(refs), atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="divides the pair-feature width 24, got 5"):
+        BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="bilinear", block_size=5)
+    with pytest.raises(ValueError, match="pair_form must be"):
+        BaseModule(enc, [CLS], [SEP], NUM_CLASS, pair_form="concat")
+
+
 # ---------------------------------------------------------------- LongEncoder
 def test_long_encoder_short_batch_is_plain_encoder():
     enc = tiny_encoder(7)

@@ -248,6 +248,32 @@ def test_oracle_relations_diagnostic(env, tmp_path, capsys):
     assert "stage-1 checkpoint" in capsys.readouterr().err
 
 
+def test_oracle_relations_test_logits_override(env, tmp_path):
+    """--test_logits replaces the run's test-time score: the base module predicts P17 everywhere, each pass's own
+    logits predict nothing, so "last" predicts no relation and "sum" (base + passes) P17 for every pair."""
+    sys.path.insert(0, str(helpers.ROOT / "scripts"))
+    import make_demo_data
+    import oracle_relations
+    rid = json.load(open(os.path.join(helpers.ROOT, "meta", "rel2id.json")))["P17"]
+    ckpt = torch.load(env["run"] / "best.pt", weights_only=True)
+    ckpt["model"]["base.classifier.bias"][rid] += 1000.0
+    ckpt["model"]["base.classifier.bias"][0] += 500.0
+    ckpt["model"]["inference.classifier.bias"][0] += 100.0  # K = 2 passes: 1000 > 500 + 2 x 100
+    path = tmp_path / "best.pt"
+    torch.save(ckpt, path)
+    gold = helpers.write_docs(tmp_path, "gold.json", make_demo_data.make_splits({"dev": 2}, seed=5)["dev"])
+    recall = {}
+    for how in ("last", "sum"):
+        out = tmp_path / f"{how}.json"
+        assert oracle_relations.main(["--checkpoint", str(path), "--gold", gold, "--test_logits", how,
+                                      "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["test_logits"] == how
+        recall[how] = [row["recall"] for row in report["rows"]]
+    assert recall["last"] == [0.0, 0.0]
+    assert all(r > 0 for r in recall["sum"])
+
+
 def test_pack_rows_places_each_document_row_at_its_packed_pair():
     features = [{"input_ids": [1, 2, 3], "entity_pos": [[(0, 1)], [(1, 2)], [(2, 3)]], "num_entities": 3,
                  "num_class": 4, "hts": [[0, 1], [2, 0], [1, 2]], "labels": [[], [], []]},

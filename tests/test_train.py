@@ -168,6 +168,29 @@ def test_stage2_from_stage1_checkpoint(env, stage1_run, flags):
             assert set(best["model"]) < set(default)
 
 
+def test_bilinear_pair_features_travel_with_the_checkpoint(env, stage1_run, capsys):
+    """--pair_features bilinear is a base-module flag: stage 2 from its stage-1 checkpoint and predict.py build
+    the same base module; a checkpoint that does not record the flag (older runs) is "fnn"; a block size that
+    does not divide the pair-feature width is refused before anything is written."""
+    save = run(env, env["root"] / "bilinear", "--pair_features", "bilinear", "--block_size", "8", stage1=1)
+    stage2 = run(env, env["root"] / "bilinear2", "--load_path", str(save / "best.pt"), stage1=30, stage2=1)
+    best = torch.load(stage2 / "best.pt", weights_only=False)
+    assert (best["args"]["pair_features"], best["args"]["block_size"]) == ("bilinear", 8)
+    assert best["model"]["base.pair_fnn.0.weight"].shape == (32, 32 * 8)  # emb 32 (the tiny encoder's width)
+    predictor = predict.Predictor.from_checkpoint(str(stage2 / "best.pt"), device="cpu")
+    assert predictor.model.base.pair_form == "bilinear"
+    old = torch.load(stage1_run / "best.pt", weights_only=False)
+    del old["args"]["pair_features"], old["args"]["block_size"]
+    torch.save(old, env["root"] / "old.pt")
+    assert predict.Predictor.from_checkpoint(str(env["root"] / "old.pt"), device="cpu").model.base.pair_form == "fnn"
+    bad = env["root"] / "bad_block"
+    rc = train.cli(helpers.train_args(env["data"], env["model"], bad, env["cache"], "--pair_features", "bilinear",
+                                      "--block_size", "5", stage1=1))
+    assert rc == 2
+    assert "--block_size 5 must divide the pair-feature width 32" in capsys.readouterr().err
+    assert not (bad / "metrics.jsonl").exists()
+
+
 def test_cdr_run_writes_per_document_counts_of_every_pass(env, tmp_path):
     """CDR: a stage-1 + stage-2 run scores dev and test after every pass, and <split>_counts.json holds each
     document's (#correct, #predicted, #gold) of every pass, whose sums are those scores."""
