@@ -135,12 +135,11 @@ def build_model(args, num_class, encoder, start_ids, end_ids):
     """The model that the flags describe (train.py's argparse namespace, or any object with those fields)."""
     # checkpoints written before --pair_features existed do not record it: their base module was "fnn"
     pair_form, block = getattr(args, "pair_features", "fnn"), getattr(args, "block_size", 64)
-    width = args.emb_size or encoder.config.hidden_size
-    if pair_form == "bilinear" and width % block:
-        raise UsageError(f"--block_size {block} must divide the pair-feature width {width} (--emb_size, or the "
-                         f"encoder's hidden size)")
-    base = BaseModule(encoder, start_ids, end_ids, num_class, emb_size=args.emb_size or None, pair_form=pair_form,
-                      block_size=block)
+    try:
+        base = BaseModule(encoder, start_ids, end_ids, num_class, emb_size=args.emb_size or None,
+                          pair_form=pair_form, block_size=block)
+    except ValueError as e:  # BaseModule checks the block size against the width (--emb_size or the encoder's)
+        raise UsageError(f"--pair_features {pair_form} --block_size {block}: {e}") from e
     inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
                                 args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion,
                                 args.classifier_layers, args.rel_emb_init)

@@ -110,7 +110,8 @@ def main(argv=None):
         rows = runs[0] if len(runs) == 1 else mean_rows(runs, counts)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump({"checkpoints": args.checkpoint, "test_logits": args.test_logits, "runs": list(runs), "rows": rows}, fh, indent=1)
+                json.dump({"checkpoints": args.checkpoint, "test_logits": args.test_logits, "runs": list(runs),
+                           "rows": rows}, fh, indent=1)
     except (DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -187,7 +187,8 @@ def test_bilinear_pair_features_travel_with_the_checkpoint(env, stage1_run, caps
     rc = train.cli(helpers.train_args(env["data"], env["model"], bad, env["cache"], "--pair_features", "bilinear",
                                       "--block_size", "5", stage1=1))
     assert rc == 2
-    assert "--block_size 5 must divide the pair-feature width 32" in capsys.readouterr().err
+    assert ("--block_size 5: the grouped bilinear needs a block size that divides the pair-feature width 32, got 5"
+            in capsys.readouterr().err)
     assert not (bad / "metrics.jsonl").exists()
 
 
