@@ -172,9 +172,12 @@ class BaseModule(nn.Module):
         if pair_form == "bilinear" and (block_size < 1 or e % block_size):
             raise ValueError(f"the grouped bilinear needs a block size that divides the pair-feature width "
                              f"{e}, got {block_size}")
+        # RoBERTa reserves two positions for its padding offset. The default window is ATLOP's 512.
+        positions = cfg.max_position_embeddings - (2 if cfg.model_type in ("roberta", "xlm-roberta") else 0)
         if window is None:
-            # RoBERTa reserves two positions for its padding offset.
-            window = min(512, cfg.max_position_embeddings - (2 if cfg.model_type in ("roberta", "xlm-roberta") else 0))
+            window = min(512, positions)
+        elif window > positions:
+            raise ValueError(f"window {window} is longer than the encoder's {positions} positions")
         self.encoder = LongEncoder(encoder, start_ids, end_ids, window)
         self.hidden_size, self.emb_size, self.num_class = d, e, num_class
         self.pair_form, self.block_size = pair_form, block_size

@@ -133,13 +133,15 @@ def parse_loss_weights(text):
 
 def build_model(args, num_class, encoder, start_ids, end_ids):
     """The model that the flags describe (train.py's argparse namespace, or any object with those fields)."""
-    # checkpoints written before --pair_features existed do not record it: their base module was "fnn"
+    # checkpoints written before --pair_features / --encoder_window existed do not record them: their base
+    # module was "fnn" with the encoder's own window
     pair_form, block = getattr(args, "pair_features", "fnn"), getattr(args, "block_size", 64)
+    window = getattr(args, "encoder_window", 0)
     try:
         base = BaseModule(encoder, start_ids, end_ids, num_class, emb_size=args.emb_size or None,
-                          pair_form=pair_form, block_size=block)
-    except ValueError as e:  # BaseModule checks the block size against the width (--emb_size or the encoder's)
-        raise UsageError(f"--pair_features {pair_form} --block_size {block}: {e}") from e
+                          window=window or None, pair_form=pair_form, block_size=block)
+    except ValueError as e:  # BaseModule checks the block size against the width, the window against the encoder
+        raise UsageError(f"--pair_features {pair_form} --block_size {block} --encoder_window {window}: {e}") from e
     inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
                                 args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion,
                                 args.classifier_layers, args.rel_emb_init)

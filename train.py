@@ -42,7 +42,7 @@ from utils import (all_max, atomic_link, atomic_write_json, autocast, barrier, c
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
 # ablations of Table 4 can share one stage 1).
 BASE_KEYS = ("dataset", "transformer_type", "model_name_or_path", "max_seq_length", "emb_size", "pair_features",
-             "block_size", "rel2id")
+             "block_size", "encoder_window", "rel2id")
 INFERENCE_KEYS = ("inference_dim", "num_inference_layers", "eca_heads_per_line", "dropout", "eca", "no_fusion",
                   "contrastive", "classifier_layers", "rel_emb_init", "relation_input", "test_logits")
 # Flags a resumed run may change: how it runs, not what it computes.
@@ -86,6 +86,10 @@ def build_parser():
       help="Eq. (2)-(3)'s FNN: over the concatenation [z_s, z_o] (the paper's wording), or ATLOP's grouped "
            "bilinear of z_s and z_o then Linear + ReLU (the authors' code)")
     a("--block_size", type=int, default=64, help="block size of --pair_features bilinear (ATLOP's 64)")
+    a("--encoder_window", type=int, default=0,
+      help="encoder window in tokens (0 = the encoder's limit, 512 for BERT): a longer document is encoded in "
+           "overlapping windows (ATLOP's method). A small window keeps distant sentences out of each other's "
+           "attention, as 512 does in a long document (the synthetic long-range test)")
     a("--attention", choices=["eager", "sdpa"], default="eager",
       help="encoder attention: eager in every layer, or SDPA in every layer but the last (same results; "
            "the last layer's map is the only one read)")
@@ -238,7 +242,7 @@ def validate_args(args):
     checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
               ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
               ("adam_epsilon", 0), ("max_grad_norm", 0), ("max_train_docs", 0),
-              ("max_eval_docs", 0), ("emb_size", 0), ("weight_decay", 0), ("threads", 0), ("num_workers", 0)]
+              ("max_eval_docs", 0), ("emb_size", 0), ("encoder_window", 0), ("weight_decay", 0), ("threads", 0), ("num_workers", 0)]
     for name, low in checks:
         if getattr(args, name) < low:
             raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")

@@ -14,12 +14,19 @@ mentions a person or organisation together with a country, so the country of an 
 shares a sentence with its head. Sentences are shuffled. Names are random syllable strings, and no two
 names of a document share a syllable, so nothing can be memorised and no two entities look alike.
 
+With --gap N the facts are no longer shuffled together: every sentence that states a first hop (born in,
+based in, worked for) comes first, then filler sentences of at least N words that mention no entity, then
+the cities' countries. An encoder window of at most N tokens (train.py --encoder_window; each filler word is
+one word piece of the bundled tokenizer) then never holds both facts a never-stated one follows from, as the
+512-token window does not in a document longer than that: the encoder cannot compose them, the entity
+representations and the inference module still can.
+
 With --assign random (default) tails are drawn uniformly, so in many documents one candidate (a city, an
 employer) is the tail of most heads, and a model can score well by predicting the most frequent candidate
 without telling apart which head goes with which tail. --assign even spreads tails evenly over the
 candidates, which leaves no such shortcut.
 
-    python scripts/make_demo_data.py --out dataset/demo [--train 240 --dev 40 --test 40 --seed 1]
+    python scripts/make_demo_data.py --out dataset/demo [--train 240 --dev 40 --test 40 --seed 1] [--gap 64]
 """
 import argparse
 import json
@@ -35,6 +42,12 @@ SYLLABLES = ["bo", "bu", "du", "fa", "fe", "fi", "ga", "ge", "gu", "ka", "ke", "
              "var", "vin", "zen"]
 ORG_KINDS = ["Corp", "Group", "Institute"]
 INFERRED = {"P27": "P19", "P17": "P159"}  # inferred relation of a PER / ORG head: its stated first hop
+# Filler for --gap: no entity, nothing about places or people's relations; every word is one word piece of the
+# bundled (BERT uncased) tokenizer, so N words are N tokens.
+FILLER = ["little else is known about those early years", "some of the old records were lost in a fire",
+          "the weather was mild for most of that year", "the roads were often closed during the long winter",
+          "most of the letters from that time are still kept", "there is no other record of the family",
+          "the work went on slowly over the next few years", "much of this account comes from a single source"]
 
 
 def spread(rng, n, m):
@@ -49,14 +62,16 @@ def choose(rng, n, m, assign):
     return spread(rng, n, m) if assign == "even" else [rng.randrange(m) for _ in range(n)]
 
 
-def make_doc(rng, index, countries=2, cities=2, orgs=2, people=2, assign="random"):
+def make_doc(rng, index, countries=2, cities=2, orgs=2, people=2, assign="random", gap=0):
     """One document: sentences (token lists), vertexSet and labels, in the DocRED JSON layout.
 
     assign: how each head picks its tail (city of a person or organisation, employer, country of a city beyond
     the first one per country): "random" (uniform, so one candidate is often the tail of most heads), or
-    "even" (every candidate used floor or ceil of heads / candidates times, so none is favoured)."""
-    if countries < 1 or cities < countries or orgs < 1 or people < 1:
-        raise ValueError("need countries >= 1, cities >= countries, orgs >= 1 and people >= 1")
+    "even" (every candidate used floor or ceil of heads / candidates times, so none is favoured).
+    gap: 0 shuffles all sentences; N > 0 puts the first hops first, then at least N words of filler, then the
+    cities' countries (each block shuffled)."""
+    if countries < 1 or cities < countries or orgs < 1 or people < 1 or gap < 0:
+        raise ValueError("need countries >= 1, cities >= countries, orgs >= 1, people >= 1 and gap >= 0")
     if assign not in ("random", "even"):
         raise ValueError(f"assign must be 'random' or 'even', got {assign!r}")
     used = set()
@@ -118,8 +133,19 @@ def make_doc(rng, index, countries=2, cities=2, orgs=2, people=2, assign="random
         s = say("Later ,", person_ids[p], "worked for", org_ids[o])
         fact(person_ids[p], org_ids[o], "P108", [s])
 
-    order = list(range(len(sents)))
-    rng.shuffle(order)
+    if gap:
+        first_hops = list(range(len(city_sent), len(sents)))
+        rng.shuffle(first_hops)
+        rng.shuffle(city_sent)
+        filler, words = [], 0
+        while words < gap:
+            text = rng.choice(FILLER)
+            filler.append(say(text.capitalize()))
+            words += len(text.split())
+        order = first_hops + filler + city_sent
+    else:
+        order = list(range(len(sents)))
+        rng.shuffle(order)
     remap = {old: new for new, old in enumerate(order)}
     sents = [sents[i] for i in order]
     for lab in labels:
@@ -166,8 +192,11 @@ def main(argv=None):
     p.add_argument("--people", type=int, default=2, help="people per document")
     p.add_argument("--assign", choices=["random", "even"], default="random",
                    help="tails drawn uniformly, or spread evenly over the candidates (see make_doc)")
+    p.add_argument("--gap", type=int, default=0,
+                   help="first hops first, at least this many filler words, then the cities' countries "
+                        "(0 = all sentences shuffled)")
     args = p.parse_args(argv)
-    counts = {k: getattr(args, k) for k in ("countries", "cities", "orgs", "people", "assign")}
+    counts = {k: getattr(args, k) for k in ("countries", "cities", "orgs", "people", "assign", "gap")}
     try:
         docs = make_splits({"train": args.train, "dev": args.dev, "test": args.test}, args.seed, **counts)
     except ValueError as e:

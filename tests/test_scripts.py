@@ -480,6 +480,30 @@ def test_demo_data_marks_inferred_facts_and_never_states_them():
     assert len(set(births)) == 4  # as many cities as people: each born in another city
 
 
+def test_demo_data_gap_keeps_the_two_hops_apart(tokenizer):
+    """--gap N: the sentences stating first hops come first, the cities' countries last, and between them
+    filler that mentions no entity and is at least N tokens of the bundled tokenizer long (one per word), so
+    no window of N tokens holds both facts a never-stated one follows from."""
+    import make_demo_data
+    assert set(make_demo_data.FILLER) and all(
+        len(tokenizer.tokenize(text)) == len(text.split()) for text in make_demo_data.FILLER)
+    for gap in (1, 40):
+        for doc in make_demo_data.make_splits({"train": 30}, seed=3, gap=gap, people=3)["train"]:
+            check_demo_doc(doc)
+            mentioned = {m["sent_id"] for e in doc["vertexSet"] for m in e}
+            relation_of = {s: lab["r"] for lab in doc["labels"] if not lab["inferred"] for s in lab["evidence"]}
+            kinds = ["city" if relation_of.get(i) == "P17" else "hop" if i in mentioned else "filler"
+                     for i in range(len(doc["sents"]))]
+            first, last = kinds.index("filler"), len(kinds) - 1 - kinds[::-1].index("filler")
+            assert set(kinds[:first]) == {"hop"} and set(kinds[first:last + 1]) == {"filler"}
+            assert set(kinds[last + 1:]) == {"city"} and kinds.count("city") == 2
+            filler = [w for sent in doc["sents"][first:last + 1] for w in sent[:-1]]
+            assert len(tokenizer.tokenize(" ".join(filler))) >= gap
+            assert len(filler) < gap + max(len(t.split()) for t in make_demo_data.FILLER)  # no more than needed
+    with pytest.raises(ValueError, match="gap >= 0"):
+        make_demo_data.make_doc(random.Random(0), 0, gap=-1)
+
+
 def test_demo_data_files_score_and_load(tmp_path, tokenizer, capsys):
     import make_demo_data
     import prepro

@@ -187,9 +187,34 @@ def test_bilinear_pair_features_travel_with_the_checkpoint(env, stage1_run, caps
     rc = train.cli(helpers.train_args(env["data"], env["model"], bad, env["cache"], "--pair_features", "bilinear",
                                       "--block_size", "5", stage1=1))
     assert rc == 2
-    assert ("--block_size 5: the grouped bilinear needs a block size that divides the pair-feature width 32, got 5"
-            in capsys.readouterr().err)
+    assert ("--block_size 5 --encoder_window 0: the grouped bilinear needs a block size that divides the "
+            "pair-feature width 32, got 5" in capsys.readouterr().err)
     assert not (bad / "metrics.jsonl").exists()
+
+
+def test_encoder_window_travels_with_the_checkpoint(env, stage1_run, capsys):
+    """--encoder_window is a base-module flag: stage 2 from its stage-1 checkpoint and predict.py encode with the
+    same window; a checkpoint that does not record it (older runs) gets the encoder's own (512 here); a window
+    with no room between the special tokens, or longer than the encoder's positions, is refused before anything
+    is written."""
+    save = run(env, env["root"] / "window", "--encoder_window", "16", stage1=1)
+    stage2 = run(env, env["root"] / "window2", "--load_path", str(save / "best.pt"), stage1=30, stage2=1)
+    best = torch.load(stage2 / "best.pt", weights_only=False)
+    assert best["args"]["encoder_window"] == 16
+    assert predict.Predictor.from_checkpoint(str(stage2 / "best.pt"), device="cpu").model.base.encoder.window == 16
+    old = torch.load(stage1_run / "best.pt", weights_only=False)
+    del old["args"]["encoder_window"]
+    torch.save(old, env["root"] / "old_window.pt")
+    assert predict.Predictor.from_checkpoint(str(env["root"] / "old_window.pt"),
+                                             device="cpu").model.base.encoder.window == 512
+    for window, message in [("2", "window 2 leaves no room for tokens between the 1 start and 1 end special tokens"),
+                            ("513", "window 513 is longer than the encoder's 512 positions")]:
+        bad = env["root"] / f"bad_window{window}"
+        rc = train.cli(helpers.train_args(env["data"], env["model"], bad, env["cache"], "--encoder_window", window,
+                                          stage1=1))
+        assert rc == 2
+        assert f"--encoder_window {window}: {message}" in capsys.readouterr().err
+        assert not (bad / "metrics.jsonl").exists()
 
 
 def test_cdr_run_writes_per_document_counts_of_every_pass(env, tmp_path):
