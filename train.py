@@ -87,9 +87,9 @@ def build_parser():
            "bilinear of z_s and z_o then Linear + ReLU (the authors' code)")
     a("--block_size", type=int, default=64, help="block size of --pair_features bilinear (ATLOP's 64)")
     a("--encoder_window", type=int, default=0,
-      help="encoder window in tokens (0 = the encoder's limit, 512 for BERT): a longer document is encoded in "
-           "overlapping windows (ATLOP's method). A small window keeps distant sentences out of each other's "
-           "attention, as 512 does in a long document (the synthetic long-range test)")
+      help="encoder window in tokens (0 = ATLOP's 512, or the encoder's limit if lower): a longer document is "
+           "encoded in overlapping windows (ATLOP's method). A small window keeps distant sentences out of each "
+           "other's attention, as 512 does in a long document (the synthetic long-range test)")
     a("--attention", choices=["eager", "sdpa"], default="eager",
       help="encoder attention: eager in every layer, or SDPA in every layer but the last (same results; "
            "the last layer's map is the only one read)")
@@ -242,7 +242,8 @@ def validate_args(args):
     checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
               ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
               ("adam_epsilon", 0), ("max_grad_norm", 0), ("max_train_docs", 0),
-              ("max_eval_docs", 0), ("emb_size", 0), ("encoder_window", 0), ("weight_decay", 0), ("threads", 0), ("num_workers", 0)]
+              ("max_eval_docs", 0), ("emb_size", 0), ("encoder_window", 0), ("weight_decay", 0), ("threads", 0),
+              ("num_workers", 0)]
     for name, low in checks:
         if getattr(args, name) < low:
             raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
