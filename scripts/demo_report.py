@@ -21,8 +21,8 @@ no label has an "inferred" key at all (DocRED, Re-DocRED) has no such split: the
 stated and inferred columns (None in the JSON). The JSON also has each relation's recall and precision
 ("by_relation"): recall alone rewards predicting a relation for every candidate pair.
 
-With --runs (one run folder of scripts/run_demo.sh per training seed: RUN/k0/dev_result.json is the base
-module alone, RUN/dev_result.json the full model) the report is over the seeds: for all facts, the stated
+With --runs (one run folder per training seed, of scripts/run_demo.sh or of a train.py stage 2: the base
+module alone is RUN/k0/dev_result.json or RUN/dev_result_k0.json, the full model RUN/dev_result.json) the report is over the seeds: for all facts, the stated
 and the inferred ones, the mean F1 (for a kind: from its recall and its precision within its slots), recall
 and precision at K = 0 and at the full model's K, and the difference with a 95% interval from the bootstrap
 over seeds and documents of scripts/bootstrap.py.
@@ -209,8 +209,11 @@ def read_runs(folders):
     """[(K=0 submission, full-model submission)] of run folders, and the full model's K (from eval_scores)."""
     runs, ks = [], set()
     for folder in folders:
-        runs.append(tuple(evaluation.load_docs(os.path.join(folder, *name))
-                          for name in (("k0", "dev_result.json"), ("dev_result.json",))))
+        # K = 0: a stage-2 run folder of train.py has dev_result_k0.json, one of run_demo.sh k0/dev_result.json
+        k0 = os.path.join(folder, "dev_result_k0.json")
+        if not os.path.exists(k0):
+            k0 = os.path.join(folder, "k0", "dev_result.json")
+        runs.append((evaluation.load_docs(k0), evaluation.load_docs(os.path.join(folder, "dev_result.json"))))
         path = os.path.join(folder, "eval_scores.json")
         try:
             with open(path, encoding="utf-8") as fh:

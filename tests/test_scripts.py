@@ -525,14 +525,19 @@ def test_demo_data_files_score_and_load(tmp_path, tokenizer, capsys):
 
 def test_demo_report_over_seeds(tmp_path, capsys):
     """--runs: per-kind F1 from recall and in-slot precision, averaged over seeds, with the seeds x documents
-    bootstrap of the difference; run folders whose full models use different K are refused."""
+    bootstrap of the difference; the base module's predictions are read from run_demo.sh's k0/ folder or from
+    a train.py stage 2's dev_result_k0.json; run folders whose full models use different K are refused."""
     gold = helpers.write_docs(tmp_path, "gold.json", report_gold())
     k0, k3 = report_preds()
     runs = []
     for seed, k in ((1, 3), (2, 3), (3, 2)):
         run = tmp_path / f"s{seed}"
         (run / "k0").mkdir(parents=True)
-        helpers.write_docs(run / "k0", "dev_result.json", k0)
+        if seed == 2:  # train.py's layout; its k0/ folder holds the full model's predictions, which must be ignored
+            helpers.write_docs(run, "dev_result_k0.json", k0)
+            helpers.write_docs(run / "k0", "dev_result.json", k3)
+        else:
+            helpers.write_docs(run / "k0", "dev_result.json", k0)
         helpers.write_docs(run, "dev_result.json", k3)
         helpers.write_docs(run, "eval_scores.json", {"dev_by_k": {str(i): 0.0 for i in range(k + 1)}})
         runs.append(str(run))
