@@ -22,10 +22,10 @@ stated and inferred columns (None in the JSON). The JSON also has each relation'
 ("by_relation"): recall alone rewards predicting a relation for every candidate pair.
 
 With --runs (one run folder per training seed, of scripts/run_demo.sh or of a train.py stage 2: the base
-module alone is RUN/k0/dev_result.json or RUN/dev_result_k0.json, the full model RUN/dev_result.json) the report is over the seeds: for all facts, the stated
-and the inferred ones, the mean F1 (for a kind: from its recall and its precision within its slots), recall
-and precision at K = 0 and at the full model's K, and the difference with a 95% interval from the bootstrap
-over seeds and documents of scripts/bootstrap.py.
+module alone is RUN/k0/dev_result.json or RUN/dev_result_k0.json, the full model RUN/dev_result.json) the
+report is over the seeds: for all facts, the stated and the inferred ones, the mean F1 (for a kind: from its
+recall and its precision within its slots), recall and precision at K = 0 and at the full model's K, and the
+difference with a 95% interval from the bootstrap over seeds and documents of scripts/bootstrap.py.
 
 Prints a Markdown table; errors (missing or unreadable file, a prediction file that is not a list of
 such entries, an unlabelled gold file) print one "error: ..." line and exit with status 2.

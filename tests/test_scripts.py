@@ -533,7 +533,7 @@ def test_demo_report_over_seeds(tmp_path, capsys):
     for seed, k in ((1, 3), (2, 3), (3, 2)):
         run = tmp_path / f"s{seed}"
         (run / "k0").mkdir(parents=True)
-        if seed == 2:  # train.py's layout; its k0/ folder holds the full model's predictions, which must be ignored
+        if seed == 2:  # train.py's layout: dev_result_k0.json wins over a k0/ folder beside it (a decoy here)
             helpers.write_docs(run, "dev_result_k0.json", k0)
             helpers.write_docs(run / "k0", "dev_result.json", k3)
         else:
