@@ -1,7 +1,8 @@
 """Prepare the folder that travels to a GPU machine with no ../shared and no package registry: the Re-DocRED
 mini split and an fp16 copy of an encoder (about 44 MB; train.py loads it back in float32).
 
-Usage: python bench/gpu_carry.py [--out .gpu]                 the bundled encoder (bench/gpu_suite.sh)
+Usage: python bench/gpu_carry.py [--out .gpu]                 the bundled encoder (bench/gpu_suite.sh,
+                                                             scripts/whole_runs_gpu.sh)
        python bench/gpu_carry.py --stage1 RUN/best_stage1.pt  a trained stage 1 (scripts/evidence.sh on a GPU):
                                                              its encoder in fp16, its base head in fp32
        python bench/gpu_carry.py --rebuild .gpu/stage1.pt    on the GPU machine: the stage-1 checkpoint again

@@ -22,32 +22,11 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/evidence_gpu.sh OUT}
 mkdir -p "$OUT"
 LOG=$OUT/evidence.log
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-PY=$(command -v python || command -v python3)  # GPU images may have only python3
-python() { "$PY" "$@"; }
-export -f python
-export PY
+source scripts/gpu_lib.sh
 SEEDS=${SEEDS:-66 67 68 69 70} VARIANTS=${VARIANTS:-no_contrastive no_fusion no_eca freeze_base}
 BUDGET=${BUDGET:-470} RUNS_DIR=${RUNS_DIR:-runs/gpu_ev}
-log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
-
-log "environment"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
-  "$PY" - <<'EOF'
-import platform, re, torch, transformers
-need = {re.split(r"[<>=]", l)[0]: l.split(">=")[1].strip() for l in open("requirements.txt")
-        if ">=" in l and not l.startswith("#")}
-print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
-      "transformers", transformers.__version__, "(requirements.txt: transformers>=%s)" % need["transformers"])
-EOF
-} 2>&1 | tee -a "$LOG"
-
-if ! "$PY" -c "import ujson" 2>/dev/null; then  # prepro.py needs it; GPU images may lack it
-  ls .whl/ujson-*.whl >/dev/null 2>&1 || { log "no ujson here and no .whl/ujson-*.whl carried (see above)"; exit 1; }
-  "$PY" -m pip install -q --no-index --no-deps --target /tmp/evidence_site .whl/ujson-*.whl || exit 1
-  export PYTHONPATH=/tmp/evidence_site${PYTHONPATH:+:$PYTHONPATH}
-  log "ujson from .whl/"
-fi
+gpu_environment
+gpu_ujson || exit 1
 
 log "stage-1 checkpoint from .gpu/"
 python bench/gpu_carry.py --rebuild .gpu/stage1.pt 2>&1 | tee -a "$LOG"
@@ -59,15 +38,7 @@ if [ -n "${TINY:-}" ]; then
 else
   EPOCHS=${EPOCHS:-6} JOBS=${JOBS:-12}
   EXTRA="--inference_lr 1e-3"
-  if command -v nvidia-cuda-mps-control >/dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    if nvidia-cuda-mps-control -d &&
-       timeout 60 "$PY" -c "import torch; print(torch.ones(2, device='cuda').sum().item())"
-    then log "CUDA MPS on"
-    else echo quit | nvidia-cuda-mps-control 2>/dev/null
-         unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "CUDA MPS did not start: time-slicing"; fi
-  else log "no nvidia-cuda-mps-control: time-slicing"; fi
+  gpu_mps_start
 fi
 
 runs=""
@@ -82,18 +53,8 @@ python train.py --evaluate_only --load_path .gpu/stage1.pt --data_dir .gpu/redoc
 
 # evidence.sh in a session of its own, so that the deadline stops it with every run it started.
 RUNS=$runs DATA=.gpu/redocred EPOCHS=$EPOCHS JOBS=$JOBS THREADS=1 EXTRA=$EXTRA \
-  setsid bash scripts/evidence.sh .gpu/stage1.pt "$RUNS_DIR" > "$OUT/evidence_sh.log" 2>&1 &
-group=$!
-while kill -0 "$group" 2>/dev/null && [ "$SECONDS" -lt "$BUDGET" ]; do
-  sleep 5
-  [ $((SECONDS % 60)) -lt 5 ] && log "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"
-done
-if kill -0 "$group" 2>/dev/null; then
-  log "budget reached: stopping the runs still going (they keep last.pt)"
-  kill -TERM -- "-$group" 2>/dev/null
-  for _ in $(seq 30); do kill -0 -- "-$group" 2>/dev/null || break; sleep 1; done
-  kill -KILL -- "-$group" 2>/dev/null
-fi
+  run_until "$BUDGET" 'echo "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"' \
+  "$OUT/evidence_sh.log" bash scripts/evidence.sh .gpu/stage1.pt "$RUNS_DIR"
 wait
 cat "$OUT/evidence_sh.log" >> "$LOG"
 log "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"
@@ -103,5 +64,5 @@ mapfile -t best < <(ls "$RUNS_DIR"/*/*/*/best.pt 2>/dev/null)
 [ ${#best[@]} -gt 0 ] && python scripts/plot.py halves "${best[@]}" > "$OUT/halves.json" 2>> "$LOG"
 tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
   "$(basename "$RUNS_DIR")" 2>> "$LOG"
-[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+gpu_mps_stop
 log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -361,8 +361,8 @@ def test_demo_report_errors(tmp_path, capsys):
 
 
 def test_run_demo_script_parses():
-    subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / "run_demo.sh")], check=True)
-    subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / "evidence_gpu.sh")], check=True)
+    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "gpu_lib.sh"):
+        subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / name)], check=True)
 
 
 FAKE_TRAIN = """#!/usr/bin/env bash
@@ -375,17 +375,21 @@ case " $* " in *" --evaluate_only "*) echo {} > "$save/eval_scores.json";; *) ec
 """
 
 
-def run_evidence(tmp_path, runs, *seeds, **env):
-    """scripts/evidence.sh with `python` replaced by FAKE_TRAIN: (exit status, stderr, the recorded calls)."""
+def run_faked(tmp_path, script, args, runs, **env):
+    """scripts/SCRIPT ARGS with `python` replaced by FAKE_TRAIN: (exit status, stderr, the recorded calls)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "python").write_text(FAKE_TRAIN)
     (bin_dir / "python").chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "JOBS": "1", "RUNS": runs, **env}
-    proc = subprocess.run(["bash", str(helpers.ROOT / "scripts" / "evidence.sh"), "ckpt.pt", str(tmp_path / "ev"),
-                           *seeds], capture_output=True, text=True, env=env)
+    proc = subprocess.run(["bash", str(helpers.ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          env=env)
     return proc.returncode, proc.stderr, calls.read_text().splitlines() if calls.exists() else []
+
+
+def run_evidence(tmp_path, runs, *seeds, **env):
+    return run_faked(tmp_path, "evidence.sh", ["ckpt.pt", str(tmp_path / "ev"), *seeds], runs, **env)
 
 
 def test_evidence_runs_in_the_given_order_and_skips_finished_ones(tmp_path):
@@ -428,6 +432,36 @@ def test_evidence_trains_and_evaluates_in_one_precision(tmp_path):
 def test_evidence_bad_runs(tmp_path, runs, seeds, message):
     code, err, calls = run_evidence(tmp_path, runs, *seeds)
     assert code == 2 and message in err and calls == []
+
+
+def test_whole_runs_train_both_stages_per_seed_and_evaluate(tmp_path):
+    out = tmp_path / "whole"
+    code, err, calls = run_faked(tmp_path, "whole_runs.sh", [str(out)], "bf16/3 fp32/3 nopre/4", STAGE2_EPOCHS="2")
+    assert code == 0, err
+    trains = [c for c in calls if "--evaluate_only" not in c]
+    assert len(trains) == 3 and len(calls) == 3 + 2 + 2 + 1  # nopre has no stage-1 checkpoint to evaluate
+    assert "--amp bf16 --recipe authors --seed 3 --stage1_epochs 16 --stage2_epochs 2" in trains[0]
+    assert "--amp none --recipe authors --seed 3 --stage1_epochs 16 --stage2_epochs 2" in trains[1]
+    assert "--seed 4 --skip_stage1 --stage2_epochs 18" in trains[2] and "--stage1_epochs" not in trains[2]
+    stage1_eval = f"--amp none --evaluate_only --load_path {out}/fp32/s3/best_stage1.pt --num_iterations 0"
+    assert sum(stage1_eval in c for c in calls) == 1
+    assert calls[-1].endswith(f"--load_path {out}/nopre/s4/best.pt --num_iterations 4 --save_path "
+                              f"{out}/nopre/s4/eval_k4 --overwrite")
+    assert all("--classifier_lr 1e-3 --inference_lr 1e-3" in c for c in trains)
+    code, err, again = run_faked(tmp_path, "whole_runs.sh", [str(out)], "nopre/4 bf16/5")  # nopre/4 is done
+    assert code == 0 and again[:len(calls)] == calls and len(again) == len(calls) + 3
+    assert "--seed 5 --stage1_epochs 16 --stage2_epochs 6" in again[len(calls)]
+
+
+@pytest.mark.parametrize("runs,message", [
+    ("bf16/1 fp16/2", "not KIND/SEED with KIND bf16, fp32 or nopre: fp16/2"),
+    ("bf16/x", "not KIND/SEED with a numeric SEED: bf16/x"),
+    ("nopre", "not KIND/SEED with a numeric SEED: nopre"),
+    ("", "RUNS=\"KIND/SEED ...\""),
+])
+def test_whole_runs_bad_runs(tmp_path, runs, message):
+    code, err, calls = run_faked(tmp_path, "whole_runs.sh", [str(tmp_path / "whole")], runs)
+    assert code != 0 and message in err and calls == []
 
 
 # ---------------------------------------------------------------- synthetic demo data

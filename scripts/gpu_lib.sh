@@ -1,0 +1,62 @@
+# Sourced by the scripts that run on a lent GPU machine (no ../shared, no package registry; see
+# scripts/evidence_gpu.sh): a log, the environment in it, ujson from a carried wheel, CUDA MPS, and a deadline
+# for a group of runs. Set OUT and LOG before sourcing.
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+PY=$(command -v python || command -v python3)  # GPU images may have only python3
+python() { "$PY" "$@"; }
+export -f python
+export PY
+log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+
+gpu_environment() {  # the GPU, driver, torch, CUDA and transformers versions (against requirements.txt)
+  log "environment"
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
+    "$PY" - <<'PYEOF'
+import platform, re, torch, transformers
+need = {re.split(r"[<>=]", l)[0]: l.split(">=")[1].strip() for l in open("requirements.txt")
+        if ">=" in l and not l.startswith("#")}
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "transformers", transformers.__version__, "(requirements.txt: transformers>=%s)" % need["transformers"])
+PYEOF
+  } 2>&1 | tee -a "$LOG"
+}
+
+gpu_ujson() {  # prepro.py needs ujson, which GPU images may lack: install the carried wheel from .whl/
+  "$PY" -c "import ujson" 2>/dev/null && return 0
+  ls .whl/ujson-*.whl >/dev/null 2>&1 || { log "no ujson here and no .whl/ujson-*.whl carried"; return 1; }
+  "$PY" -m pip install -q --no-index --no-deps --upgrade --target /tmp/gpu_site .whl/ujson-*.whl || return 1
+  export PYTHONPATH=/tmp/gpu_site${PYTHONPATH:+:$PYTHONPATH}
+  log "ujson from .whl/"
+}
+
+gpu_mps_start() {  # several processes share the GPU through CUDA MPS where it starts, else by time-slicing
+  if ! command -v nvidia-cuda-mps-control >/dev/null; then log "no nvidia-cuda-mps-control: time-slicing"; return; fi
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d &&
+     timeout 60 "$PY" -c "import torch; print(torch.ones(2, device='cuda').sum().item())"
+  then log "CUDA MPS on"
+  else echo quit | nvidia-cuda-mps-control 2>/dev/null
+       unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "CUDA MPS did not start: time-slicing"; fi
+}
+
+gpu_mps_stop() { [ -z "${CUDA_MPS_PIPE_DIRECTORY:-}" ] || echo quit | nvidia-cuda-mps-control; }
+
+run_until() {  # run_until BUDGET PROGRESS_CMD CMD_LOG CMD...: CMD (its output to CMD_LOG) in a process session of
+  # its own, stopped with every run it started (they save last.pt on SIGTERM) once the script has run BUDGET
+  # seconds; PROGRESS_CMD's output is logged every minute
+  local budget=$1 progress=$2 cmd_log=$3 group; shift 3
+  setsid "$@" > "$cmd_log" 2>&1 &
+  group=$!
+  while kill -0 "$group" 2>/dev/null && [ "$SECONDS" -lt "$budget" ]; do
+    sleep 5
+    [ $((SECONDS % 60)) -lt 5 ] && log "$(eval "$progress")"
+  done
+  if kill -0 "$group" 2>/dev/null; then
+    log "budget reached: stopping the runs still going (they keep last.pt)"
+    kill -TERM -- "-$group" 2>/dev/null
+    for _ in $(seq 30); do kill -0 -- "-$group" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$group" 2>/dev/null
+  fi
+  wait "$group" 2>/dev/null || true
+}
