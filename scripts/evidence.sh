@@ -16,6 +16,7 @@
 # The stage-1 checkpoint fixes the encoder and the data flags it was trained with (train.py reads them from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/run_queue.sh
 if [ $# -lt 2 ] || { [ $# -eq 2 ] && [ -z "${RUNS:-}" ]; }; then
   echo "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED [SEED ...]  (or RUNS=... and no SEED)" >&2; exit 2
 fi
@@ -57,15 +58,4 @@ for item in "${queue[@]}"; do
     echo "not RECIPE/VARIANT/SEED with a known variant: $item" >&2; exit 2
   fi
 done
-for item in "${queue[@]}"; do
-  IFS=/ read -r recipe variant seed <<< "$item"
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
-  dir=$OUT/$recipe/$variant/s$seed
-  mkdir -p "$dir"
-  run "$dir" "$recipe" "$variant" "$seed" > "$dir.log" 2>&1 &
-done
-wait || true
-missing=$(for item in "${queue[@]}"; do IFS=/ read -r recipe variant seed <<< "$item"
-  d=$OUT/$recipe/$variant/s$seed; [ -f "$d/eval_k4/eval_scores.json" ] || echo "$d"; done)
-[ -z "$missing" ] || { echo "unfinished (see DIR.log): $missing" >&2; exit 1; }
-echo "finished: $OUT"
+run_queue "$OUT" "${queue[@]}"

@@ -17,6 +17,7 @@
 # bundled encoder)  EXTRA= (more train.py flags for every run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/run_queue.sh
 OUT=${1:?usage: RUNS="bf16/66 fp32/66 nopre/66" bash scripts/whole_runs.sh OUT}
 read -r -a queue <<< "${RUNS:?RUNS=\"KIND/SEED ...\" (KIND: bf16, fp32 or nopre)}"
 RECIPE=${RECIPE:-authors} STAGE1_EPOCHS=${STAGE1_EPOCHS:-16} STAGE2_EPOCHS=${STAGE2_EPOCHS:-6} BATCH=${BATCH:-4}
@@ -54,15 +55,4 @@ for item in "${queue[@]}"; do
   esac
   [[ ${item#*/} =~ ^[0-9]+$ ]] || { echo "not KIND/SEED with a numeric SEED: $item" >&2; exit 2; }
 done
-for item in "${queue[@]}"; do
-  kind=${item%%/*} seed=${item#*/}
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
-  dir=$OUT/$kind/s$seed
-  mkdir -p "$dir"
-  run "$dir" "$kind" "$seed" > "$dir.log" 2>&1 &
-done
-wait || true
-missing=$(for item in "${queue[@]}"; do d=$OUT/${item%%/*}/s${item#*/}
-  [ -f "$d/eval_k4/eval_scores.json" ] || echo "$d"; done)
-[ -z "$missing" ] || { echo "unfinished (see DIR.log): $missing" >&2; exit 1; }
-echo "finished: $OUT"
+run_queue "$OUT" "${queue[@]}"

@@ -361,7 +361,7 @@ def test_demo_report_errors(tmp_path, capsys):
 
 
 def test_run_demo_script_parses():
-    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "gpu_lib.sh"):
+    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "gpu_lib.sh", "run_queue.sh"):
         subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / name)], check=True)
 
 

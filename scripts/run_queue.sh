@@ -1,0 +1,21 @@
+# Sourced by scripts/evidence.sh and scripts/whole_runs.sh: their shared queue of runs.
+run_queue() {  # run_queue OUT ITEM...: for each ITEM A/.../SEED, the caller's `run DIR A ... SEED` in the background
+  # with DIR = OUT/A/.../sSEED and its output in DIR.log, at most JOBS at once; then exit status 1 (naming them) if
+  # any run has no DIR/eval_k4/eval_scores.json
+  local out=$1 item dir missing=""; shift
+  local -a fields
+  for item in "$@"; do
+    dir=$out/${item%/*}/s${item##*/}
+    IFS=/ read -r -a fields <<< "$item"
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+    mkdir -p "$dir"
+    run "$dir" "${fields[@]}" > "$dir.log" 2>&1 &
+  done
+  wait || true
+  for item in "$@"; do
+    dir=$out/${item%/*}/s${item##*/}
+    [ -f "$dir/eval_k4/eval_scores.json" ] || missing+="$dir"$'\n'
+  done
+  [ -z "$missing" ] || { echo "unfinished (see DIR.log): ${missing%$'\n'}" >&2; return 1; }
+  echo "finished: $out"
+}
