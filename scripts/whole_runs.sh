@@ -6,6 +6,9 @@
 #   fp32/SEED   the same run in fp32 (--amp none)
 #   nopre/SEED  Table 4's w/o pre-training in bf16: --skip_stage1, stage 2 alone for STAGE1_EPOCHS + STAGE2_EPOCHS
 #               epochs (as many as the full model's two stages), from the raw encoder
+#   ctrl/SEED   the control for the gain over stage 1 (docs/RESULTS.md, row 12): bf16/SEED with every stage-2 loss
+#               but the base module's switched off (--loss_weights 5,0,0,0 --contrastive none) and the stage-2
+#               epoch selected at K = 0 (--num_iterations 0): the base module just trains longer
 # Then best.pt is evaluated at K = 0..4 (DIR/eval_k4) and best_stage1.pt at K = 0 (DIR/eval_stage1).
 #
 #   RUNS="bf16/66 fp32/66 nopre/66" bash scripts/whole_runs.sh OUT
@@ -19,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/run_queue.sh
 OUT=${1:?usage: RUNS="bf16/66 fp32/66 nopre/66" bash scripts/whole_runs.sh OUT}
-read -r -a queue <<< "${RUNS:?RUNS=\"KIND/SEED ...\" (KIND: bf16, fp32 or nopre)}"
+read -r -a queue <<< "${RUNS:?RUNS=\"KIND/SEED ...\" (KIND: bf16, fp32, nopre or ctrl)}"
 RECIPE=${RECIPE:-authors} STAGE1_EPOCHS=${STAGE1_EPOCHS:-16} STAGE2_EPOCHS=${STAGE2_EPOCHS:-6} BATCH=${BATCH:-4}
 JOBS=${JOBS:-2} THREADS=${THREADS:-1}
 DATA=${DATA:-dataset/redocred} TRAIN=${TRAIN:-train_mini.json} DEV=${DEV:-dev_mini.json}
@@ -32,6 +35,7 @@ run() {  # run DIR KIND SEED
   local stages=(--stage1_epochs "$STAGE1_EPOCHS" --stage2_epochs "$STAGE2_EPOCHS")
   [ "$kind" = fp32 ] && amp=none
   [ "$kind" = nopre ] && stages=(--skip_stage1 --stage2_epochs $((STAGE1_EPOCHS + STAGE2_EPOCHS)))
+  [ "$kind" = ctrl ] && stages+=(--loss_weights 5,0,0,0 --contrastive none --num_iterations 0)
   [ -f "$dir/eval_k4/eval_scores.json" ] && { echo "done: $dir"; return; }
   if [ -f "$dir/last.pt" ] && [ ! -f "$dir/eval_scores.json" ]; then
     python train.py --resume "$dir" --threads "$THREADS"
@@ -50,8 +54,8 @@ run() {  # run DIR KIND SEED
 
 for item in "${queue[@]}"; do
   case ${item%%/*} in
-    bf16|fp32|nopre) ;;
-    *) echo "not KIND/SEED with KIND bf16, fp32 or nopre: $item" >&2; exit 2;;
+    bf16|fp32|nopre|ctrl) ;;
+    *) echo "not KIND/SEED with KIND bf16, fp32, nopre or ctrl: $item" >&2; exit 2;;
   esac
   [[ ${item#*/} =~ ^[0-9]+$ ]] || { echo "not KIND/SEED with a numeric SEED: $item" >&2; exit 2; }
 done

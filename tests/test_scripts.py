@@ -453,8 +453,20 @@ def test_whole_runs_train_both_stages_per_seed_and_evaluate(tmp_path):
     assert "--seed 5 --stage1_epochs 16 --stage2_epochs 6" in again[len(calls)]
 
 
+def test_whole_runs_control_trains_the_base_module_alone_in_stage_2(tmp_path):
+    out = tmp_path / "whole"
+    code, err, calls = run_faked(tmp_path, "whole_runs.sh", [str(out)], "ctrl/7 bf16/7")
+    assert code == 0, err
+    ctrl, full = [c for c in calls if "--evaluate_only" not in c]
+    assert ("--amp bf16 --recipe authors --seed 7 --stage1_epochs 16 --stage2_epochs 6 --loss_weights 5,0,0,0 "
+            "--contrastive none --num_iterations 0") in ctrl
+    assert "--loss_weights" not in full and "--contrastive" not in full and "--num_iterations" not in full
+    assert sum(f"--load_path {out}/ctrl/s7/best_stage1.pt --num_iterations 0" in c for c in calls) == 1
+    assert sum(f"--load_path {out}/ctrl/s7/best.pt --num_iterations 4" in c for c in calls) == 1
+
+
 @pytest.mark.parametrize("runs,message", [
-    ("bf16/1 fp16/2", "not KIND/SEED with KIND bf16, fp32 or nopre: fp16/2"),
+    ("bf16/1 fp16/2", "not KIND/SEED with KIND bf16, fp32, nopre or ctrl: fp16/2"),
     ("bf16/x", "not KIND/SEED with a numeric SEED: bf16/x"),
     ("nopre", "not KIND/SEED with a numeric SEED: nopre"),
     ("", "RUNS=\"KIND/SEED ...\""),
