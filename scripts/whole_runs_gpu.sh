@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/whole_runs.sh on a lent GPU machine (no ../shared, no package registry), many runs at once under CUDA
 # MPS, stopped at a deadline so that whatever finished comes back: whole runs (stage 1 + stage 2) in bf16 over
-# 5 seeds, the same in fp32 over 3, and w/o pre-training over 3, all from the bundled encoder.
+# 5 seeds, the same in fp32 over 3, and w/o pre-training over 3, all from the bundled encoder (RUNS takes any
+# KIND/SEED of whole_runs.sh, ctrl/SEED included).
 #
 #   here:  python bench/gpu_carry.py --out .gpu     (Re-DocRED mini + the bundled encoder in fp16: 47 MiB)
 #          the ujson wheel in .whl/ (scripts/evidence_gpu.sh says how)
