@@ -8,7 +8,8 @@
 #               epochs (as many as the full model's two stages), from the raw encoder
 #   ctrl/SEED   the control for the gain over stage 1 (docs/RESULTS.md, row 12): bf16/SEED with every stage-2 loss
 #               but the base module's switched off (--loss_weights 5,0,0,0 --contrastive none) and the stage-2
-#               epoch selected at K = 0 (--num_iterations 0): the base module just trains longer
+#               epoch selected at K = 0 (--num_iterations 0): the base module just trains longer. 5 is the
+#               authors' base-loss weight; with RECIPE=paper add EXTRA="--loss_weights 1,0,0,0" (the paper's)
 # Then best.pt is evaluated at K = 0..4 (DIR/eval_k4) and best_stage1.pt at K = 0 (DIR/eval_stage1).
 #
 #   RUNS="bf16/66 fp32/66 nopre/66" bash scripts/whole_runs.sh OUT
