@@ -7,6 +7,8 @@ over 5 seeds).
     python scripts/summarize.py --split test "CDR=runs/cdr_s1,runs/cdr_s2"  test scores from eval_scores.json
     python scripts/summarize.py --by_k "N_I 2=runs/a/eval_k4" "N_I 1=runs/b/eval_k4"
                                                                            F1 after each pass k (Table 2)
+    python scripts/summarize.py --by_epoch 2 "full=runs/a1,runs/a2" "control=runs/c1,runs/c2"
+                                                                           dev F1 after every epoch of a stage
 
 A group is LABEL=RUN[,RUN...]; plain RUN arguments form one unlabelled group. A run is a --save_path folder.
 Dev scores (--split dev) are those of the epoch kept as best.pt: the last line marked "best" in its
@@ -14,11 +16,15 @@ metrics.jsonl, "dev" for the full model (K passes) and "dev_base" for the base m
 (--num_iterations 0; stage-2 runs only, a stage-1 run is a base module). Test scores (--split test) come from
 the run's eval_scores.json: "test" and, for the base module, pass 0 of "test_by_k". --by_k reads the
 "dev_by_k" (with --split test: "test_by_k") of eval_scores.json written by `train.py --evaluate_only
---num_iterations K`.
+--num_iterations K`. --by_epoch STAGE reads every epoch of that stage in metrics.jsonl ("dev": the full model in
+stage 2), with no checkpoint selection; each group after the first also gets a row of its paired differences
+to the first (runs paired by position, e.g. by seed), with a 95% interval from a bootstrap over the pairs
+alone: the dev documents stay fixed, so it is narrower than scripts/bootstrap.py's seeds x documents interval.
 """
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 
@@ -125,6 +131,49 @@ def by_k_table(groups, metric="f1", split="dev"):
     return "\n".join(out)
 
 
+def epoch_scores(run, stage, metric):
+    """The metric after each epoch of one stage of a run, in epoch order."""
+    lines = sorted((ln for ln in read_metrics(run) if ln["stage"] == stage), key=lambda ln: ln["epoch"])
+    if not lines:
+        raise ValueError(f"{run}: no stage-{stage} epochs in metrics.jsonl")
+    return [ln["dev"][metric] for ln in lines]
+
+
+def paired_cell(diffs, samples=10_000, seed=0):
+    """Mean of paired differences and a percentile bootstrap 95% interval over the pairs."""
+    mean = statistics.mean(diffs)
+    if len(diffs) == 1:
+        return f"{mean:+.2f}"
+    rng = random.Random(seed)
+    means = sorted(statistics.mean(rng.choices(diffs, k=len(diffs))) for _ in range(samples))
+    return f"{mean:+.2f} [{means[int(0.025 * samples)]:+.2f}, {means[int(0.975 * samples) - 1]:+.2f}]"
+
+
+def by_epoch_table(groups, stage, metric="f1"):
+    """Rows: groups, then each later group minus the first; columns: the epochs of the stage and their mean."""
+    data = []
+    for label, runs in groups:
+        per_run = [epoch_scores(r, stage, metric) for r in runs]
+        if len({len(s) for s in per_run}) != 1:
+            raise ValueError(f"group {label or 'runs'}: runs with different numbers of stage-{stage} epochs")
+        data.append((label or "runs", [s + [statistics.mean(s)] for s in per_run]))
+    n = len(data[0][1][0]) - 1
+    if any(len(per_run[0]) != n + 1 for _, per_run in data):
+        raise ValueError(f"groups with different numbers of stage-{stage} epochs")
+    out = [f"| {metric} | runs | " + " | ".join(f"epoch {e + 1}" for e in range(n)) + " | mean over epochs |",
+           "|---" * (n + 3) + "|"]
+    for label, per_run in data:
+        out.append(f"| {label} | {len(per_run)} | " + " | ".join(mean_std([s[e] for s in per_run])
+                                                                 for e in range(n + 1)) + " |")
+    first_label, first = data[0]
+    for label, per_run in data[1:]:
+        if len(per_run) != len(first):
+            raise ValueError(f"{label} and {first_label}: different numbers of runs, cannot pair them")
+        out.append(f"| {label} minus {first_label} | {len(per_run)} | " + " | ".join(
+            paired_cell([b[e] - a[e] for a, b in zip(first, per_run)]) for e in range(n + 1)) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders, or LABEL=RUN[,RUN...] groups")
@@ -133,11 +182,17 @@ def main(argv=None):
     p.add_argument("--model", choices=["both", "full", "base"], default="both",
                    help="rows per group: full model, base module, or both")
     p.add_argument("--by_k", action="store_true", help="F1 after each pass k (Table 2); the first metric is used")
+    p.add_argument("--by_epoch", type=int, choices=[1, 2], metavar="STAGE",
+                   help="dev score after every epoch of stage 1 or 2, and paired differences to the first group; "
+                        "the first metric is used")
     args = p.parse_args(argv)
     try:
         groups = parse_groups(args.runs)
-        print(by_k_table(groups, args.metrics[0], args.split) if args.by_k else
-              table(groups, args.metrics, args.split, args.model))
+        if args.by_epoch:
+            print(by_epoch_table(groups, args.by_epoch, args.metrics[0]))
+        else:
+            print(by_k_table(groups, args.metrics[0], args.split) if args.by_k else
+                  table(groups, args.metrics, args.split, args.model))
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

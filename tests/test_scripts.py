@@ -59,6 +59,46 @@ def test_summarize_groups_and_stage1_row(tmp_path):
     assert text.splitlines()[2:] == ["| ATLOP= | 1 | 57.25 |", "| ours | 1 | 61.00 |", "| w/o x | 1 | 59.50 |"]
 
 
+
+def epoch_lines(stage1, stage2):
+    """metrics.jsonl lines: dev F1 after each stage-1 epoch, then each stage-2 epoch."""
+    return ([{"stage": 1, "epoch": e, "dev": {"f1": f}} for e, f in enumerate(stage1)] +
+            [{"stage": 2, "epoch": e, "dev": {"f1": f}} for e, f in enumerate(stage2)])
+
+
+def test_summarize_by_epoch_means_and_paired_differences(tmp_path, capsys):
+    a = [write_run(tmp_path / f"a{i}", epoch_lines([10.0, 20.0], s2))
+         for i, s2 in enumerate([[50.0, 52.0], [54.0, 50.0], [52.0, 51.0]])]
+    b = [write_run(tmp_path / f"b{i}", epoch_lines([0.0], s2))
+         for i, s2 in enumerate([[51.0, 53.0], [55.0, 52.0], [52.5, 51.0]])]
+    assert summarize.main(["--by_epoch", "2", f"ctrl={','.join(a)}", f"full={','.join(b)}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| f1 | runs | epoch 1 | epoch 2 | mean over epochs |"
+    assert lines[2] == "| ctrl | 3 | 52.00 ± 2.00 | 51.00 ± 1.00 | 51.50 ± 0.50 |"
+    assert lines[3].startswith("| full | 3 | 52.83 ± 2.02 | 52.00 ± 1.00 | ")
+    # paired by position: epoch-1 differences 1.0, 1.0, 0.5; their resampled means lie in [0.5, 1.0]
+    diff = lines[4].split(" | ")
+    assert diff[0] == "| full minus ctrl" and diff[1] == "3"
+    assert diff[2].startswith("+0.83 [") and diff[3].startswith("+1.00 [")  # epoch 2: 1.0, 2.0, 0.0
+    lo, hi = (float(x) for x in diff[2][len("+0.83 ["):-1].split(", "))
+    assert 0.5 <= lo <= 0.84 <= hi <= 1.0
+    lo, hi = (float(x) for x in diff[3][len("+1.00 ["):-1].split(", "))
+    assert 0.0 <= lo < 1.0 < hi <= 2.0
+    assert summarize.main(["--by_epoch", "1", *a[:2]]) == 0  # stage 1, one unlabelled group: no difference row
+    assert capsys.readouterr().out.splitlines()[2:] == ["| runs | 2 | 10.00 ± 0.00 | 20.00 ± 0.00 | 15.00 ± 0.00 |"]
+
+
+def test_summarize_by_epoch_refuses_unpairable_groups(tmp_path, capsys):
+    a = [write_run(tmp_path / f"a{i}", epoch_lines([1.0], [50.0, 51.0])) for i in range(2)]
+    short = write_run(tmp_path / "short", epoch_lines([1.0], [50.0]))
+    assert summarize.main(["--by_epoch", "2", f"x={','.join(a)}", f"y={a[0]}"]) == 2
+    assert "y and x: different numbers of runs, cannot pair them" in capsys.readouterr().err
+    assert summarize.main(["--by_epoch", "2", f"x={a[0]},{short}"]) == 2
+    assert "group x: runs with different numbers of stage-2 epochs" in capsys.readouterr().err
+    stage1_only = write_run(tmp_path / "s1", epoch_lines([1.0], []))
+    assert summarize.main(["--by_epoch", "2", stage1_only]) == 2
+    assert f"{stage1_only}: no stage-2 epochs in metrics.jsonl" in capsys.readouterr().err
+
 def test_summarize_test_split_and_by_k(tmp_path, capsys):
     by_k = {str(k): {"f1": 50.0 + k, "ign_f1": 49.0 + k} for k in range(5)}
     r1 = write_run(tmp_path / "r1", [], {"test": by_k["4"], "test_by_k": by_k, "dev": by_k["4"], "dev_by_k": by_k})
