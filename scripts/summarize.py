@@ -7,8 +7,8 @@ over 5 seeds).
     python scripts/summarize.py --split test "CDR=runs/cdr_s1,runs/cdr_s2"  test scores from eval_scores.json
     python scripts/summarize.py --by_k "N_I 2=runs/a/eval_k4" "N_I 1=runs/b/eval_k4"
                                                                            F1 after each pass k (Table 2)
-    python scripts/summarize.py --by_epoch 2 "full=runs/a1,runs/a2" "control=runs/c1,runs/c2"
-                                                                           dev F1 after every epoch of a stage
+    python scripts/summarize.py --by_epoch 2 "control=runs/c1,runs/c2" "full=runs/a1,runs/a2"
+                                                              dev F1 after every epoch of a stage, full minus control
 
 A group is LABEL=RUN[,RUN...]; plain RUN arguments form one unlabelled group. A run is a --save_path folder.
 Dev scores (--split dev) are those of the epoch kept as best.pt: the last line marked "best" in its
