@@ -4,9 +4,12 @@
 #
 #   bash scripts/evidence.sh STAGE1_CKPT OUT SEED [SEED ...]
 #
+# A STAGE1_CKPT holding {seed} names one checkpoint per seed instead (runs/stage1/s{seed}/best_stage1.pt: each
+# run starts from the stage 1 of its own seed).
 # Runs land in OUT/<recipe>/<variant>/s<seed>; a finished run (eval_k4/eval_scores.json exists) is skipped and an
 # interrupted one resumed, so the script can be re-run after a stop. Settings through the environment:
-#   RECIPES="paper authors"   VARIANTS="full"   (also: no_contrastive no_fusion no_eca freeze_base ni1)
+#   RECIPES="paper authors"   VARIANTS="full"   (also: no_contrastive no_fusion no_eca freeze_base ni1, and
+#   control: the base module's loss alone, at the recipe's weight, selected at K = 0; its passes are untrained)
 #   DATA=dataset/redocred TRAIN=train_mini.json DEV=dev_mini.json TEST= (a labelled test file: scored too)
 #   DATASET=docred  EPOCHS=8  BATCH=4
 #   JOBS=2 (runs at once)  THREADS=1 (CPU threads per run)  EXTRA= (more train.py flags for every run)
@@ -36,7 +39,7 @@ read -r -a extra <<< "${EXTRA:-}"
 data=(--dataset "$DATASET" --data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file "$TEST"
       --threads "$THREADS" --amp "$AMP")
 declare -A flags=([full]="" [no_contrastive]="--contrastive none" [no_fusion]="--no_fusion" [no_eca]="--eca full"
-                  [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1")
+                  [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1" [control]="(by recipe)")
 
 run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evaluate best.pt at K = 4
   local dir=$1 recipe=$2 variant=$3 seed=$4
@@ -45,7 +48,8 @@ run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evalu
     python train.py --resume "$dir" --threads "$THREADS"
   elif [ ! -f "$dir/eval_scores.json" ]; then
     read -r -a vflags <<< "${flags[$variant]}"
-    python train.py "${data[@]}" --load_path "$CKPT" --recipe "$recipe" --seed "$seed" --stage2_epochs "$EPOCHS" \
+    [ "$variant" = control ] && read -r -a vflags <<< "$(control_flags "$recipe")"
+    python train.py "${data[@]}" --load_path "${CKPT//\{seed\}/$seed}" --recipe "$recipe" --seed "$seed" --stage2_epochs "$EPOCHS" \
       --train_batch_size "$BATCH" --save_path "$dir" --overwrite "${vflags[@]}" "${extra[@]}"
   fi
   python train.py "${data[@]}" --evaluate_only --load_path "$dir/best.pt" --num_iterations 4 \

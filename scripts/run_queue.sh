@@ -19,3 +19,10 @@ run_queue() {  # run_queue OUT ITEM...: for each ITEM A/.../SEED, the caller's `
   [ -z "$missing" ] || { echo "unfinished (see DIR.log): ${missing%$'\n'}" >&2; return 1; }
   echo "finished: $out"
 }
+
+control_flags() {  # control_flags RECIPE: stage 2 with every loss but the base module's switched off, at the recipe's
+  # base-loss weight (paper 1, authors 5: it matters through gradient clipping), its epoch selected at K = 0
+  local weight=1
+  [ "$1" = authors ] && weight=5
+  echo "--loss_weights $weight,0,0,0 --contrastive none --num_iterations 0"
+}

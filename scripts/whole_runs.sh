@@ -7,9 +7,9 @@
 #   nopre/SEED  Table 4's w/o pre-training in bf16: --skip_stage1, stage 2 alone for STAGE1_EPOCHS + STAGE2_EPOCHS
 #               epochs (as many as the full model's two stages), from the raw encoder
 #   ctrl/SEED   the control for the gain over stage 1 (docs/RESULTS.md, row 12): bf16/SEED with every stage-2 loss
-#               but the base module's switched off (--loss_weights 5,0,0,0 --contrastive none) and the stage-2
-#               epoch selected at K = 0 (--num_iterations 0): the base module just trains longer. 5 is the
-#               authors' base-loss weight; with RECIPE=paper add EXTRA="--loss_weights 1,0,0,0" (the paper's)
+#               but the base module's switched off (--loss_weights W,0,0,0 --contrastive none, W the recipe's
+#               base-loss weight: 5 authors, 1 paper) and the stage-2 epoch selected at K = 0 (--num_iterations
+#               0): the base module just trains longer
 # Then best.pt is evaluated at K = 0..4 (DIR/eval_k4) and best_stage1.pt at K = 0 (DIR/eval_stage1).
 #
 #   RUNS="bf16/66 fp32/66 nopre/66" bash scripts/whole_runs.sh OUT
@@ -32,11 +32,11 @@ data=(--data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file '' 
 [ -z "${MODEL:-}" ] || data+=(--model_name_or_path "$MODEL")
 
 run() {  # run DIR KIND SEED
-  local dir=$1 kind=$2 seed=$3 amp=bf16
+  local dir=$1 kind=$2 seed=$3 amp=bf16 control
   local stages=(--stage1_epochs "$STAGE1_EPOCHS" --stage2_epochs "$STAGE2_EPOCHS")
   [ "$kind" = fp32 ] && amp=none
   [ "$kind" = nopre ] && stages=(--skip_stage1 --stage2_epochs $((STAGE1_EPOCHS + STAGE2_EPOCHS)))
-  [ "$kind" = ctrl ] && stages+=(--loss_weights 5,0,0,0 --contrastive none --num_iterations 0)
+  if [ "$kind" = ctrl ]; then read -r -a control <<< "$(control_flags "$RECIPE")"; stages+=("${control[@]}"); fi
   [ -f "$dir/eval_k4/eval_scores.json" ] && { echo "done: $dir"; return; }
   if [ -f "$dir/last.pt" ] && [ ! -f "$dir/eval_scores.json" ]; then
     python train.py --resume "$dir" --threads "$THREADS"

@@ -401,7 +401,8 @@ def test_demo_report_errors(tmp_path, capsys):
 
 
 def test_run_demo_script_parses():
-    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "gpu_lib.sh", "run_queue.sh"):
+    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "plateau_gpu.sh", "gpu_lib.sh",
+                 "run_queue.sh"):
         subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / name)], check=True)
 
 
@@ -463,6 +464,23 @@ def test_evidence_trains_and_evaluates_in_one_precision(tmp_path):
     assert len(calls) == 2 and all("--amp none" in c and "--amp auto" not in c for c in calls)
 
 
+
+def test_evidence_control_and_a_stage_1_per_seed(tmp_path):
+    code, err, calls = run_faked(tmp_path, "evidence.sh", ["s1/s{seed}/best_stage1.pt", str(tmp_path / "ev")],
+                                 "paper/control/7 authors/control/8 paper/full/8")
+    assert code == 0, err
+    trains = [c for c in calls if "--evaluate_only" not in c]
+    assert len(trains) == 3
+    # each run loads the stage 1 of its own seed; the control keeps only the base loss, at the recipe's weight
+    assert "--load_path s1/s7/best_stage1.pt --recipe paper --seed 7" in trains[0]
+    assert trains[0].endswith("--loss_weights 1,0,0,0 --contrastive none --num_iterations 0")
+    assert "--load_path s1/s8/best_stage1.pt --recipe authors --seed 8" in trains[1]
+    assert trains[1].endswith("--loss_weights 5,0,0,0 --contrastive none --num_iterations 0")
+    assert "--load_path s1/s8/best_stage1.pt --recipe paper --seed 8" in trains[2]
+    assert "--loss_weights" not in trains[2] and "--num_iterations" not in trains[2]
+    # and is evaluated like every other run, at K = 0..4 (its passes untrained: K = 0 is the model)
+    assert sum(f"--load_path {tmp_path}/ev/paper/control/s7/best.pt --num_iterations 4" in c for c in calls) == 1
+
 @pytest.mark.parametrize("runs,seeds,message", [
     ("paper/bogus/1", (), "not RECIPE/VARIANT/SEED with a known variant: paper/bogus/1"),
     ("paper/full", (), "not RECIPE/VARIANT/SEED with a known variant: paper/full"),
@@ -503,6 +521,12 @@ def test_whole_runs_control_trains_the_base_module_alone_in_stage_2(tmp_path):
     assert "--loss_weights" not in full and "--contrastive" not in full and "--num_iterations" not in full
     assert sum(f"--load_path {out}/ctrl/s7/best_stage1.pt --num_iterations 0" in c for c in calls) == 1
     assert sum(f"--load_path {out}/ctrl/s7/best.pt --num_iterations 4" in c for c in calls) == 1
+    (tmp_path / "paper").mkdir()  # the paper recipe's control keeps the paper's base weight, 1
+    code, err, calls = run_faked(tmp_path / "paper", "whole_runs.sh", [str(tmp_path / "paper" / "whole")], "ctrl/7",
+                                 RECIPE="paper")
+    assert code == 0, err
+    assert ("--recipe paper --seed 7 --stage1_epochs 16 --stage2_epochs 6 --loss_weights 1,0,0,0 "
+            "--contrastive none --num_iterations 0") in calls[0]
 
 
 @pytest.mark.parametrize("runs,message", [
