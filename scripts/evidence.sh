@@ -39,7 +39,7 @@ read -r -a extra <<< "${EXTRA:-}"
 data=(--dataset "$DATASET" --data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file "$TEST"
       --threads "$THREADS" --amp "$AMP")
 declare -A flags=([full]="" [no_contrastive]="--contrastive none" [no_fusion]="--no_fusion" [no_eca]="--eca full"
-                  [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1" [control]="(by recipe)")
+                  [freeze_base]="--freeze_base" [ni1]="--num_inference_layers 1" [control]="")
 
 run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evaluate best.pt at K = 4
   local dir=$1 recipe=$2 variant=$3 seed=$4
@@ -47,10 +47,10 @@ run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evalu
   if [ -f "$dir/last.pt" ] && [ ! -f "$dir/eval_scores.json" ]; then
     python train.py --resume "$dir" --threads "$THREADS"
   elif [ ! -f "$dir/eval_scores.json" ]; then
-    read -r -a vflags <<< "${flags[$variant]}"
-    [ "$variant" = control ] && read -r -a vflags <<< "$(control_flags "$recipe")"
-    python train.py "${data[@]}" --load_path "${CKPT//\{seed\}/$seed}" --recipe "$recipe" --seed "$seed" --stage2_epochs "$EPOCHS" \
-      --train_batch_size "$BATCH" --save_path "$dir" --overwrite "${vflags[@]}" "${extra[@]}"
+    if [ "$variant" = control ]; then read -r -a vflags <<< "$(control_flags "$recipe")"  # its weights by recipe
+    else read -r -a vflags <<< "${flags[$variant]}"; fi
+    python train.py "${data[@]}" --load_path "${CKPT//\{seed\}/$seed}" --recipe "$recipe" --seed "$seed" \
+      --stage2_epochs "$EPOCHS" --train_batch_size "$BATCH" --save_path "$dir" --overwrite "${vflags[@]}" "${extra[@]}"
   fi
   python train.py "${data[@]}" --evaluate_only --load_path "$dir/best.pt" --num_iterations 4 \
     --save_path "$dir/eval_k4" --overwrite
