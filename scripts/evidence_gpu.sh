@@ -62,7 +62,4 @@ log "$(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs d
 # Figure 5: mean |W_c| on the F half and the R half of every best.pt (of stopped runs too).
 mapfile -t best < <(ls "$RUNS_DIR"/*/*/*/best.pt 2>/dev/null)
 [ ${#best[@]} -gt 0 ] && python scripts/plot.py halves "${best[@]}" > "$OUT/halves.json" 2>> "$LOG"
-tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
-  "$(basename "$RUNS_DIR")" 2>> "$LOG"
-gpu_mps_stop
-log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
+gpu_finish

@@ -42,6 +42,13 @@ gpu_mps_start() {  # several processes share the GPU through CUDA MPS where it s
 
 gpu_mps_stop() { [ -z "${CUDA_MPS_PIPE_DIRECTORY:-}" ] || echo quit | nvidia-cuda-mps-control; }
 
+gpu_finish() {  # what comes back: the runs under RUNS_DIR without checkpoints (OUT/runs.tar.gz); then MPS off
+  tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
+    "$(basename "$RUNS_DIR")" 2>> "$LOG"
+  gpu_mps_stop
+  log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
+}
+
 run_until() {  # run_until BUDGET PROGRESS_CMD CMD_LOG CMD...: CMD (its output to CMD_LOG) in a process session of
   # its own, stopped with every run it started (they save last.pt on SIGTERM) once the script has run BUDGET
   # seconds; PROGRESS_CMD's output is logged every minute

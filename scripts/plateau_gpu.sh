@@ -58,13 +58,12 @@ stage1_then_stage2() {  # every seed's stage 1 at once (resumed where stopped), 
 }
 export -f stage1_then_stage2
 
-run_until "$BUDGET" 'echo "stage 1 done: $(ls "$RUNS_DIR"/stage1/*/eval_scores.json 2>/dev/null | wc -l);" \
-  "stage 2 done: $(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l)"' \
-  "$OUT/runs_sh.log" bash -c stage1_then_stage2
+done_counts() {  # finished runs of each stage, for the log
+  echo "stage 1 done: $(ls "$RUNS_DIR"/stage1/*/eval_scores.json 2>/dev/null | wc -l);" \
+    "stage 2 done: $(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l)"
+}
+
+run_until "$BUDGET" done_counts "$OUT/runs_sh.log" bash -c stage1_then_stage2
 cat "$OUT/runs_sh.log" >> "$LOG"
-log "stage 1 done: $(ls "$RUNS_DIR"/stage1/*/eval_scores.json 2>/dev/null | wc -l)," \
-  "stage 2 done: $(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l)"
-tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
-  "$(basename "$RUNS_DIR")" 2>> "$LOG"
-gpu_mps_stop
-log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
+log "$(done_counts)"
+gpu_finish

@@ -37,7 +37,4 @@ RUNS=$RUNS JOBS=$JOBS DATA=.gpu/redocred MODEL=.gpu/encoder \
   "$OUT/whole_runs_sh.log" bash scripts/whole_runs.sh "$RUNS_DIR"
 cat "$OUT/whole_runs_sh.log" >> "$LOG"
 log "$(ls "$RUNS_DIR"/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l) runs done"
-tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='run.lock' -C "$(dirname "$RUNS_DIR")" \
-  "$(basename "$RUNS_DIR")" 2>> "$LOG"
-gpu_mps_stop
-log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
+gpu_finish
