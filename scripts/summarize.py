@@ -156,10 +156,11 @@ def by_epoch_table(groups, stage, metric="f1"):
         per_run = [epoch_scores(r, stage, metric) for r in runs]
         if len({len(s) for s in per_run}) != 1:
             raise ValueError(f"group {label or 'runs'}: runs with different numbers of stage-{stage} epochs")
-        data.append((label or "runs", [s + [statistics.mean(s)] for s in per_run]))
-    n = len(data[0][1][0]) - 1
-    if any(len(per_run[0]) != n + 1 for _, per_run in data):
+        data.append((label or "runs", per_run))
+    if len({len(per_run[0]) for _, per_run in data}) != 1:
         raise ValueError(f"groups with different numbers of stage-{stage} epochs")
+    n = len(data[0][1][0])
+    data = [(label, [s + [statistics.mean(s)] for s in per_run]) for label, per_run in data]  # + the mean column
     out = [f"| {metric} | runs | " + " | ".join(f"epoch {e + 1}" for e in range(n)) + " | mean over epochs |",
            "|---" * (n + 3) + "|"]
     for label, per_run in data:

@@ -59,7 +59,6 @@ def test_summarize_groups_and_stage1_row(tmp_path):
     assert text.splitlines()[2:] == ["| ATLOP= | 1 | 57.25 |", "| ours | 1 | 61.00 |", "| w/o x | 1 | 59.50 |"]
 
 
-
 def epoch_lines(stage1, stage2):
     """metrics.jsonl lines: dev F1 after each stage-1 epoch, then each stage-2 epoch."""
     return ([{"stage": 1, "epoch": e, "dev": {"f1": f}} for e, f in enumerate(stage1)] +
@@ -98,6 +97,7 @@ def test_summarize_by_epoch_refuses_unpairable_groups(tmp_path, capsys):
     stage1_only = write_run(tmp_path / "s1", epoch_lines([1.0], []))
     assert summarize.main(["--by_epoch", "2", stage1_only]) == 2
     assert f"{stage1_only}: no stage-2 epochs in metrics.jsonl" in capsys.readouterr().err
+
 
 def test_summarize_test_split_and_by_k(tmp_path, capsys):
     by_k = {str(k): {"f1": 50.0 + k, "ign_f1": 49.0 + k} for k in range(5)}
@@ -464,7 +464,6 @@ def test_evidence_trains_and_evaluates_in_one_precision(tmp_path):
     assert len(calls) == 2 and all("--amp none" in c and "--amp auto" not in c for c in calls)
 
 
-
 def test_evidence_control_and_a_stage_1_per_seed(tmp_path):
     code, err, calls = run_faked(tmp_path, "evidence.sh", ["s1/s{seed}/best_stage1.pt", str(tmp_path / "ev")],
                                  "paper/control/7 authors/control/8 paper/full/8")
@@ -480,6 +479,7 @@ def test_evidence_control_and_a_stage_1_per_seed(tmp_path):
     assert "--loss_weights" not in trains[2] and "--num_iterations" not in trains[2]
     # and is evaluated like every other run, at K = 0..4 (its passes untrained: K = 0 is the model)
     assert sum(f"--load_path {tmp_path}/ev/paper/control/s7/best.pt --num_iterations 4" in c for c in calls) == 1
+
 
 @pytest.mark.parametrize("runs,seeds,message", [
     ("paper/bogus/1", (), "not RECIPE/VARIANT/SEED with a known variant: paper/bogus/1"),
