@@ -4,6 +4,7 @@
     python scripts/plot.py curves runs/full runs/no_cl --stage1 runs/stage1 --out docs/curves.png
     python scripts/plot.py weights --with runs/simsiam/best.pt --without runs/nocl/best.pt --out docs/fig5.png
     python scripts/plot.py halves runs/a/best.pt [runs/b/best.pt ...]      (the numbers only, no plot)
+    python scripts/plot.py epochs --stage 1 "16 epochs=runs/a/s66,runs/a/s67" "32 epochs=runs/b/s66,runs/b/s67"
 
 `curves`: train loss and dev F1 per epoch over both stages (stage 2 continues the x axis; its dev F1
 is the full model's, and the base module's F1 of the same epochs is drawn dashed). --stage1 RUN: the runs are
@@ -13,6 +14,9 @@ continue after it.
 [F_NI] and on the relation half [R_NI] of its input, for a run with and one without the contrastive loss.
 `halves`: those two numbers for each checkpoint given, as JSON (PyTorch's initialisation of a Linear layer
 with 2D inputs gives 1 / (2 sqrt(2D)) on both: 0.0156 at D = 512).
+`epochs`: the dev score after every epoch of one stage, one line per group of runs (seeds): the mean, and a
+band of one standard deviation around it (summarize.py --by_epoch prints the same numbers as a table; here the
+groups may have different numbers of epochs).
 """
 import argparse
 import json
@@ -23,7 +27,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from summarize import read_metrics  # noqa: E402  (scripts/ is on the path when a script runs)
+import numpy as np  # noqa: E402
+from summarize import group_epoch_scores, parse_groups, read_metrics  # noqa: E402  (scripts/ is on the path)
 
 
 def plot_curves(runs, out, stage1=None):
@@ -53,6 +58,28 @@ def plot_curves(runs, out, stage1=None):
     ax_f1.set(xlabel="epoch (stage 1, then stage 2)", ylabel="dev F1 (%)", title="dev F1")
     ax_loss.legend(fontsize=7)
     ax_f1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def epoch_bands(groups, stage, metric="f1"):
+    """[(label, runs, mean, std)] per group: the metric after each epoch of the stage over the group's runs."""
+    bands = []
+    for label, runs in groups:
+        scores = np.array(group_epoch_scores(label, runs, stage, metric))  # (runs, epochs)
+        std = scores.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(scores.shape[1])
+        bands.append((label or "runs", len(runs), scores.mean(axis=0), std))
+    return bands
+
+
+def plot_epochs(groups, stage, out, metric="f1"):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, n, mean, std in epoch_bands(groups, stage, metric):
+        x = np.arange(1, len(mean) + 1)
+        (line,) = ax.plot(x, mean, marker="o", markersize=3, label=f"{label} ({n} run{'s' if n > 1 else ''})")
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel=f"stage-{stage} epoch", ylabel=f"dev {metric} (%)", title="mean over seeds, band: one std")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -95,12 +122,23 @@ def main(argv=None):
     w.add_argument("--out", default="docs/fig5_classifier_weights.png")
     h = sub.add_parser("halves")
     h.add_argument("checkpoints", nargs="+", help="best.pt files")
+    e = sub.add_parser("epochs")
+    e.add_argument("runs", nargs="+", help="run folders, or LABEL=RUN[,RUN...] groups")
+    e.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    e.add_argument("--metric", default="f1")
+    e.add_argument("--out", default="docs/epochs.png")
     args = p.parse_args(argv)
     if args.cmd == "halves":
         print(json.dumps({path: dict(zip(("F", "R"), classifier_halves(path))) for path in args.checkpoints}, indent=1))
         return 0
     if args.cmd == "curves":
         plot_curves(args.runs, args.out, args.stage1)
+    elif args.cmd == "epochs":
+        try:
+            plot_epochs(parse_groups(args.runs), args.stage, args.out, args.metric)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     else:
         print(json.dumps(plot_weights(args.with_cl, args.without_cl, args.out)))
     print(f"wrote {args.out}")

@@ -139,6 +139,14 @@ def epoch_scores(run, stage, metric):
     return [ln["dev"][metric] for ln in lines]
 
 
+def group_epoch_scores(label, runs, stage, metric):
+    """epoch_scores of each run of a group, which must all have the same number of epochs in the stage."""
+    per_run = [epoch_scores(r, stage, metric) for r in runs]
+    if len({len(s) for s in per_run}) != 1:
+        raise ValueError(f"group {label or 'runs'}: runs with different numbers of stage-{stage} epochs")
+    return per_run
+
+
 def paired_cell(diffs, samples=10_000, seed=0):
     """Mean of paired differences and a percentile bootstrap 95% interval over the pairs."""
     mean = statistics.mean(diffs)
@@ -153,10 +161,7 @@ def by_epoch_table(groups, stage, metric="f1"):
     """Rows: groups, then each later group minus the first; columns: the epochs of the stage and their mean."""
     data = []
     for label, runs in groups:
-        per_run = [epoch_scores(r, stage, metric) for r in runs]
-        if len({len(s) for s in per_run}) != 1:
-            raise ValueError(f"group {label or 'runs'}: runs with different numbers of stage-{stage} epochs")
-        data.append((label or "runs", per_run))
+        data.append((label or "runs", group_epoch_scores(label, runs, stage, metric)))
     if len({len(per_run[0]) for _, per_run in data}) != 1:
         raise ValueError(f"groups with different numbers of stage-{stage} epochs")
     n = len(data[0][1][0])

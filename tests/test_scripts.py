@@ -265,6 +265,24 @@ def test_plot_curves_and_weights(tmp_path, capsys):
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_epochs_bands_over_seeds(tmp_path, capsys):
+    """`plot.py epochs`: per group the mean and the standard deviation over its runs after every epoch."""
+    short = [write_run(tmp_path / f"a{i}", epoch_lines(s1, [])) for i, s1 in enumerate([[10.0, 30.0], [20.0, 50.0]])]
+    long = [write_run(tmp_path / "b", epoch_lines([5.0, 25.0, 45.0], [60.0]))]
+    bands = plot.epoch_bands(summarize.parse_groups([f"16={','.join(short)}", f"32={long[0]}"]), stage=1)
+    assert [(label, n) for label, n, _, _ in bands] == [("16", 2), ("32", 1)]
+    assert bands[0][2].tolist() == [15.0, 40.0]
+    assert bands[0][3].tolist() == pytest.approx([statistics.stdev([10.0, 20.0]), statistics.stdev([30.0, 50.0])])
+    assert bands[1][2].tolist() == [5.0, 25.0, 45.0] and bands[1][3].tolist() == [0.0, 0.0, 0.0]
+    out = tmp_path / "epochs.png"
+    assert plot.main(["epochs", "--stage", "1", f"16={','.join(short)}", f"32={long[0]}", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.main(["epochs", "--stage", "1", f"x={short[0]},{long[0]}", "--out", str(out)]) == 2
+    assert "group x: runs with different numbers of stage-1 epochs" in capsys.readouterr().err
+    assert plot.main(["epochs", "--stage", "2", short[0], "--out", str(out)]) == 2
+    assert f"{short[0]}: no stage-2 epochs in metrics.jsonl" in capsys.readouterr().err
+
+
 def test_plot_weights_names_the_classifier_layout():
     """The Figure 5 split assumes W_c takes [F_NI, R_NI] (Eq. 12): its input is twice the inference width."""
     import inference_module
