@@ -49,6 +49,28 @@ gpu_finish() {  # what comes back: the runs under RUNS_DIR without checkpoints (
   log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
 }
 
+gpu_stage1() {  # gpu_stage1 DIR TRAIN_ARGS...: a stage-1 run in the background, skipped where finished (its
+  # eval_scores.json exists), resumed where stopped (last.pt), else started; its output in DIR.log
+  local dir=$1; shift
+  if [ -f "$dir/eval_scores.json" ]; then return
+  elif [ -f "$dir/last.pt" ]; then python train.py --resume "$dir" --threads 1 >> "$dir.log" 2>&1 &
+  else python train.py "$@" --save_path "$dir" --overwrite > "$dir.log" 2>&1 &
+  fi
+}
+
+stage_counts() {  # finished runs under RUNS_DIR, for the log: stage 1 (RUNS_DIR/stage1/s*) and stage 2 (scored at K = 0..4)
+  echo "stage 1 done: $(ls "$RUNS_DIR"/stage1/*/eval_scores.json 2>/dev/null | wc -l);" \
+    "stage 2 done: $(find "$RUNS_DIR" -path '*/eval_k4/eval_scores.json' 2>/dev/null | wc -l)"
+}
+
+gpu_run_stages() {  # the caller's stage1_then_stage2 until BUDGET (run_until), its progress logged; then gpu_finish
+  export -f stage1_then_stage2 gpu_stage1
+  run_until "$BUDGET" stage_counts "$OUT/runs_sh.log" bash -c stage1_then_stage2
+  cat "$OUT/runs_sh.log" >> "$LOG"
+  log "$(stage_counts)"
+  gpu_finish
+}
+
 run_until() {  # run_until BUDGET PROGRESS_CMD CMD_LOG CMD...: CMD (its output to CMD_LOG) in a process session of
   # its own, stopped with every run it started (they save last.pt on SIGTERM) once the script has run BUDGET
   # seconds; PROGRESS_CMD's output is logged every minute

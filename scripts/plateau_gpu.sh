@@ -37,33 +37,19 @@ export RUNS=${runs# }
 log "stage 1 ($STAGE1_EPOCHS epochs) for seeds $SEEDS, then ($JOBS at a time, budget ${BUDGET}s): $RUNS"
 
 stage1_then_stage2() {  # every seed's stage 1 at once (resumed where stopped), then the stage-2 runs from them
-  local seed dir
+  local seed
   local -a limits
   read -r -a limits <<< "$LIMITS"
   mkdir -p "$RUNS_DIR/stage1"
   for seed in $SEEDS; do
-    dir=$RUNS_DIR/stage1/s$seed
-    if [ -f "$dir/eval_scores.json" ]; then continue
-    elif [ -f "$dir/last.pt" ]; then python train.py --resume "$dir" --threads 1 >> "$dir.log" 2>&1 &
-    else
-      python train.py --data_dir .gpu/redocred --train_file train_mini.json --dev_file dev_mini.json --test_file '' \
-        --model_name_or_path .gpu/encoder --amp bf16 --seed "$seed" --stage1_epochs "$STAGE1_EPOCHS" \
-        --stage2_epochs 0 --num_iterations 0 --classifier_lr 1e-3 --train_batch_size 4 --threads 1 \
-        --save_path "$dir" --overwrite "${limits[@]}" > "$dir.log" 2>&1 &
-    fi
+    gpu_stage1 "$RUNS_DIR/stage1/s$seed" --data_dir .gpu/redocred --train_file train_mini.json \
+      --dev_file dev_mini.json --test_file '' --model_name_or_path .gpu/encoder --amp bf16 --seed "$seed" \
+      --stage1_epochs "$STAGE1_EPOCHS" --stage2_epochs 0 --num_iterations 0 --classifier_lr 1e-3 \
+      --train_batch_size 4 --threads 1 "${limits[@]}"
   done
   wait
   DATA=.gpu/redocred AMP=bf16 THREADS=1 EXTRA="--inference_lr 1e-3 $LIMITS" \
     bash scripts/evidence.sh "$RUNS_DIR/stage1/s{seed}/best_stage1.pt" "$RUNS_DIR"
 }
-export -f stage1_then_stage2
 
-done_counts() {  # finished runs of each stage, for the log
-  echo "stage 1 done: $(ls "$RUNS_DIR"/stage1/*/eval_scores.json 2>/dev/null | wc -l);" \
-    "stage 2 done: $(ls "$RUNS_DIR"/*/*/*/eval_k4/eval_scores.json 2>/dev/null | wc -l)"
-}
-
-run_until "$BUDGET" done_counts "$OUT/runs_sh.log" bash -c stage1_then_stage2
-cat "$OUT/runs_sh.log" >> "$LOG"
-log "$(done_counts)"
-gpu_finish
+gpu_run_stages

@@ -419,8 +419,8 @@ def test_demo_report_errors(tmp_path, capsys):
 
 
 def test_run_demo_script_parses():
-    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "plateau_gpu.sh", "gpu_lib.sh",
-                 "run_queue.sh"):
+    for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "plateau_gpu.sh", "far_gpu.sh",
+                 "gpu_lib.sh", "run_queue.sh"):
         subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / name)], check=True)
 
 
