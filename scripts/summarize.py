@@ -17,9 +17,10 @@ metrics.jsonl, "dev" for the full model (K passes) and "dev_base" for the base m
 the run's eval_scores.json: "test" and, for the base module, pass 0 of "test_by_k". --by_k reads the
 "dev_by_k" (with --split test: "test_by_k") of eval_scores.json written by `train.py --evaluate_only
 --num_iterations K`. --by_epoch STAGE reads every epoch of that stage in metrics.jsonl ("dev": the full model in
-stage 2), with no checkpoint selection; each group after the first also gets a row of its paired differences
-to the first (runs paired by position, e.g. by seed), with a 95% interval from a bootstrap over the pairs
-alone: the dev documents stay fixed, so it is narrower than scripts/bootstrap.py's seeds x documents interval.
+stage 2; with --model base "dev_base", the base module's of the same epochs), with no checkpoint selection;
+each group after the first also gets a row of its paired differences to the first (runs paired by position,
+e.g. by seed), with a 95% interval from a bootstrap over the pairs alone: the dev documents stay fixed, so it
+is narrower than scripts/bootstrap.py's seeds x documents interval.
 """
 import argparse
 import json
@@ -131,17 +132,19 @@ def by_k_table(groups, metric="f1", split="dev"):
     return "\n".join(out)
 
 
-def epoch_scores(run, stage, metric):
-    """The metric after each epoch of one stage of a run, in epoch order."""
+def epoch_scores(run, stage, metric, key="dev"):
+    """The metric after each epoch of one stage of a run, in epoch order; key "dev_base": the base module's."""
     lines = sorted((ln for ln in read_metrics(run) if ln["stage"] == stage), key=lambda ln: ln["epoch"])
     if not lines:
         raise ValueError(f"{run}: no stage-{stage} epochs in metrics.jsonl")
-    return [ln["dev"][metric] for ln in lines]
+    if any(key not in ln for ln in lines):
+        raise ValueError(f"{run}: a stage-{stage} epoch without \"{key}\" scores in metrics.jsonl")
+    return [ln[key][metric] for ln in lines]
 
 
-def group_epoch_scores(label, runs, stage, metric):
+def group_epoch_scores(label, runs, stage, metric, key="dev"):
     """epoch_scores of each run of a group, which must all have the same number of epochs in the stage."""
-    per_run = [epoch_scores(r, stage, metric) for r in runs]
+    per_run = [epoch_scores(r, stage, metric, key) for r in runs]
     if len({len(s) for s in per_run}) != 1:
         raise ValueError(f"group {label or 'runs'}: runs with different numbers of stage-{stage} epochs")
     return per_run
@@ -157,11 +160,11 @@ def paired_cell(diffs, samples=10_000, seed=0):
     return f"{mean:+.2f} [{means[int(0.025 * samples)]:+.2f}, {means[int(0.975 * samples) - 1]:+.2f}]"
 
 
-def by_epoch_table(groups, stage, metric="f1"):
+def by_epoch_table(groups, stage, metric="f1", key="dev"):
     """Rows: groups, then each later group minus the first; columns: the epochs of the stage and their mean."""
     data = []
     for label, runs in groups:
-        data.append((label or "runs", group_epoch_scores(label, runs, stage, metric)))
+        data.append((label or "runs", group_epoch_scores(label, runs, stage, metric, key)))
     if len({len(per_run[0]) for _, per_run in data}) != 1:
         raise ValueError(f"groups with different numbers of stage-{stage} epochs")
     n = len(data[0][1][0])
@@ -186,7 +189,8 @@ def main(argv=None):
     p.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS)
     p.add_argument("--split", choices=["dev", "test"], default="dev")
     p.add_argument("--model", choices=["both", "full", "base"], default="both",
-                   help="rows per group: full model, base module, or both")
+                   help="rows per group: full model, base module, or both (--by_epoch: base reads the base module's "
+                        "scores, the others the full model's)")
     p.add_argument("--by_k", action="store_true", help="F1 after each pass k (Table 2); the first metric is used")
     p.add_argument("--by_epoch", type=int, choices=[1, 2], metavar="STAGE",
                    help="dev score after every epoch of stage 1 or 2, and paired differences to the first group; "
@@ -195,7 +199,8 @@ def main(argv=None):
     try:
         groups = parse_groups(args.runs)
         if args.by_epoch:
-            print(by_epoch_table(groups, args.by_epoch, args.metrics[0]))
+            key = "dev_base" if args.model == "base" else "dev"
+            print(by_epoch_table(groups, args.by_epoch, args.metrics[0], key))
         else:
             print(by_k_table(groups, args.metrics[0], args.split) if args.by_k else
                   table(groups, args.metrics, args.split, args.model))

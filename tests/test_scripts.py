@@ -87,6 +87,20 @@ def test_summarize_by_epoch_means_and_paired_differences(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[2:] == ["| runs | 2 | 10.00 ± 0.00 | 20.00 ± 0.00 | 15.00 ± 0.00 |"]
 
 
+def test_summarize_by_epoch_base_module_scores(tmp_path, capsys):
+    """--by_epoch with --model base reads "dev_base" (the base module, K = 0) of the same epochs."""
+    lines = [{"stage": 2, "epoch": e, "dev": {"f1": full}, "dev_base": {"f1": base}}
+             for e, (full, base) in enumerate([(50.0, 58.0), (57.0, 59.0)])]
+    run = write_run(tmp_path / "r", lines)
+    assert summarize.main(["--by_epoch", "2", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| runs | 1 | 50.00 | 57.00 | 53.50 |"
+    assert summarize.main(["--by_epoch", "2", "--model", "base", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| runs | 1 | 58.00 | 59.00 | 58.50 |"
+    no_base = write_run(tmp_path / "s1", epoch_lines([], [50.0]))
+    assert summarize.main(["--by_epoch", "2", "--model", "base", no_base]) == 2
+    assert f'{no_base}: a stage-2 epoch without "dev_base" scores in metrics.jsonl' in capsys.readouterr().err
+
+
 def test_summarize_by_epoch_refuses_unpairable_groups(tmp_path, capsys):
     a = [write_run(tmp_path / f"a{i}", epoch_lines([1.0], [50.0, 51.0])) for i in range(2)]
     short = write_run(tmp_path / "short", epoch_lines([1.0], [50.0]))
