@@ -7,7 +7,7 @@
 # authors' recipe with positives withheld from R_0 (--withhold_max 1.0), 4 stage-2 epochs each; stopped at a
 # deadline so that whatever finished comes back.
 #
-#   here:  python bench/gpu_carry.py --out .gpu     (the bundled encoder in fp16; the documents are written there)
+#   here:  python bench/gpu_carry.py --out .gpu     (the bundled encoder in fp16; the script writes the documents)
 #          the ujson wheel in .whl/ (scripts/evidence_gpu.sh says how)
 #   there: bash scripts/far_gpu.sh OUT     (OUT gets far.log and runs.tar.gz: the runs without checkpoints, and
 #          the data, for scripts/demo_report.py --gold RUNS_DIR/data/dev.json --runs RUNS_DIR/paper/full/s*)
