@@ -39,19 +39,20 @@ python scripts/make_demo_data.py --out "$RUNS_DIR/data" --train "$TRAIN_DOCS" --
 log "seeds $SEEDS: stage 1 ($STAGE1_EPOCHS epochs), then paper and withhold ($EPOCHS epochs; budget ${BUDGET}s)"
 
 stage1_then_stage2() {  # every seed's stage 1 at once, then both recipes from each seed's own stage 1
-  local seed runs=""
+  local seed paper="" withhold=""
   for seed in $SEEDS; do
     gpu_stage1 "$RUNS_DIR/stage1/s$seed" --data_dir "$RUNS_DIR/data" --train_file train.json --dev_file dev.json \
       --test_file '' --model_name_or_path .gpu/encoder --amp bf16 --seed "$seed" --stage1_epochs "$STAGE1_EPOCHS" \
       --stage2_epochs 0 --encoder_lr 1e-4 --classifier_lr 1e-3 --train_batch_size 4 --threads 1 \
       --pair_features bilinear
-    runs+=" full/$seed"
+    paper+=" paper/full/$seed" withhold+=" authors/full/$seed"
   done
   wait
-  export DATA=$RUNS_DIR/data TRAIN=train.json DEV=dev.json AMP=bf16 THREADS=1 EPOCHS JOBS=8
-  RUNS="${runs//full/paper/full}" EXTRA="--inference_lr 1e-3" \
+  # every run of both recipes at once: JOBS = the number of seeds in each evidence.sh
+  export DATA=$RUNS_DIR/data TRAIN=train.json DEV=dev.json AMP=bf16 THREADS=1 EPOCHS JOBS=$(wc -w <<< "$SEEDS")
+  RUNS=$paper EXTRA="--inference_lr 1e-3" \
     bash scripts/evidence.sh "$RUNS_DIR/stage1/s{seed}/best_stage1.pt" "$RUNS_DIR" &
-  RUNS="${runs//full/authors/full}" EXTRA="--inference_lr 1e-3 --withhold_max 1.0" \
+  RUNS=$withhold EXTRA="--inference_lr 1e-3 --withhold_max 1.0" \
     bash scripts/evidence.sh "$RUNS_DIR/stage1/s{seed}/best_stage1.pt" "$RUNS_DIR/withhold" &
   wait
 }
