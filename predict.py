@@ -24,8 +24,8 @@ import evaluation
 import prepro
 from losses import get_label
 from model import load_weights, tokenizer_and_model
-from utils import (DataError, UsageError, atomic_write_json, autocast, collate_fn, load_weights_only, move_to,
-                   resolve_amp)
+from utils import (DataError, UsageError, atomic_write_json, autocast, collate_fn, describe_amp, load_weights_only,
+                   move_to, resolve_amp)
 
 
 @torch.no_grad()
@@ -251,6 +251,9 @@ def main(argv=None):
     docs = evaluation.load_docs(args.input)
     predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.num_iterations, args.batch_size,
                                           args.amp)
+    warning = describe_amp(args.amp, predictor.amp, predictor.device.type)[1]
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     features, scores = predictor.scores(docs, source=args.input)
     empty = [f["title"] for f in features if not f["hts"]]
     if empty:

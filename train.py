@@ -34,7 +34,7 @@ import predict
 import prepro
 from model import encoder_record, hf_encoder, load_weights, parse_loss_weights, tokenizer_and_model
 from utils import (all_max, atomic_link, atomic_write_json, autocast, barrier, claimed, collate_fn, DataError,
-                   default_model_path, distributed, init_distributed, load_checkpoint, move_to,
+                   default_model_path, describe_amp, distributed, init_distributed, load_checkpoint, move_to,
                    OutputError, previous_name, read_lines, resolve_amp, rng_state, save_checkpoint, set_rng_state,
                    set_seed, UsageError, write_lines)
 
@@ -231,9 +231,10 @@ def resolve_args(argv):
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     requested, args.amp = args.amp, resolve_amp(args.amp, "cuda" if use_cuda else "cpu")
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"device {'cuda' if use_cuda else 'cpu'}, precision: "
-              f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}"
-              + (" (--amp auto)" if requested == "auto" else ""), flush=True)
+        precision, warning = describe_amp(requested, args.amp, "cuda" if use_cuda else "cpu")
+        print(f"device {'cuda' if use_cuda else 'cpu'}, precision: {precision}", flush=True)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     return args, ckpt
 
 

@@ -63,6 +63,16 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def cpu_native_matmul(amp):
+    """Whether this CPU has the instructions behind torch's fast matrix products in the --amp dtype: AVX512-BF16
+    or AMX for bf16, AMX-FP16 for fp16. Without them torch falls back to a slow kernel: on an AVX2-only CPU the
+    model's matrix products took about 50-70 times as long in bf16 or fp16 as in fp32 (`bench/matmul.py`,
+    docs/PERFORMANCE.md section 1.2)."""
+    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+              "fp16": ("_is_amx_fp16_supported",)}[amp]
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def resolve_amp(amp, device_type):
     """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX),
     else none. Losses, entity pooling and the logits (LogitLinear) stay in float32 under autocast."""
@@ -70,9 +80,27 @@ def resolve_amp(amp, device_type):
         return amp
     if device_type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "none"
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if native else "none"
+    return "bf16" if cpu_native_matmul("bf16") else "none"
+
+
+def describe_amp(requested, amp, device_type):
+    """(the precision as train.py prints it at start, with the reason where --amp auto chose it; a warning, or
+    None) for the --amp asked for and the one it resolved to. The warning is for bf16 or fp16 on a CPU without
+    the instructions for it, where a run would be many times slower than in fp32 without saying why."""
+    text = "fp32" if amp == "none" else f"{amp} autocast"
+    if requested == "auto":
+        if device_type == "cuda":
+            why = "the GPU has bf16" if amp == "bf16" else "no bf16 on this GPU; --amp fp16 is its fast option"
+        else:
+            why = ("this CPU has bf16 matrix instructions" if amp == "bf16" else
+                   "this CPU has no bf16 matrix instructions, AVX512-BF16 or AMX")
+        text += f" (--amp auto: {why})"
+    warning = None
+    if device_type == "cpu" and amp in ("bf16", "fp16") and not cpu_native_matmul(amp):
+        warning = (f"--amp {amp} on a CPU without {amp} matrix instructions: torch multiplies {amp} matrices "
+                   f"there with a slow fallback kernel (about 50-70x the fp32 time on an AVX2-only CPU, "
+                   f"bench/matmul.py); --amp auto picks fp32 on this CPU")
+    return text, warning
 
 
 class LogitLinear(torch.nn.Linear):

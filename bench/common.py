@@ -19,20 +19,25 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from utils import cpu_native_matmul  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "bench", "results")
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "redocred", "train_mini.json")
 
 
 # ---------------------------------------------------------------- machine
 def cpu_model():
+    """The model string of /proc/cpuinfo, then torch's vector instruction set and whether bf16 matrix products
+    run natively, e.g. "AMD EPYC (AVX2, bf16 matmul: no)": the model string alone does not tell two generations
+    of a CPU apart, and bf16 timings differ between them by two orders of magnitude (docs/PERFORMANCE.md 1.2)."""
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    native = "yes" if cpu_native_matmul("bf16") else "no"
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}, bf16 matmul: {native})"
 
 
 def machine_info(device):

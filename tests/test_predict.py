@@ -193,6 +193,16 @@ def test_cli_errors_are_one_line(env, tmp_path, capsys):
         predict.Predictor.from_checkpoint(str(env["run"] / "last.pt"))
 
 
+def test_cli_warns_of_bf16_on_a_cpu_without_it(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert predict.cli(["--checkpoint", str(env["ckpt"]), "--input", str(env["data"]["test"]), "--device", "cpu",
+                        "--output", str(tmp_path / "p.json"), "--amp", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --amp bf16 on a CPU without bf16 matrix instructions") and err.count("\n") == 1
+    assert json.loads((tmp_path / "p.json").read_text())
+
+
 def test_old_style_checkpoint(env, tmp_path):
     """A best.pt without the encoder entry (as written before it existed) still loads, from the encoder folder."""
     ckpt = torch.load(env["ckpt"], weights_only=True)

@@ -267,6 +267,52 @@ def test_amp_auto(monkeypatch):
     assert utils.resolve_amp("auto", "cuda") == "bf16"
 
 
+def _cpu_instructions(monkeypatch, avx512_bf16=False, amx=False, amx_fp16=False):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16, raising=False)
+
+
+def test_cpu_native_matmul_reads_the_instructions_of_each_dtype(monkeypatch):
+    _cpu_instructions(monkeypatch)
+    assert not utils.cpu_native_matmul("bf16") and not utils.cpu_native_matmul("fp16")
+    _cpu_instructions(monkeypatch, avx512_bf16=True)
+    assert utils.cpu_native_matmul("bf16") and not utils.cpu_native_matmul("fp16")
+    _cpu_instructions(monkeypatch, amx=True)
+    assert utils.cpu_native_matmul("bf16") and utils.resolve_amp("auto", "cpu") == "bf16"
+    _cpu_instructions(monkeypatch, amx_fp16=True)
+    assert utils.cpu_native_matmul("fp16") and not utils.cpu_native_matmul("bf16")
+
+
+def test_describe_amp_says_why_auto_chose_and_warns_of_slow_cpu_kernels(monkeypatch):
+    _cpu_instructions(monkeypatch, avx512_bf16=True)
+    assert utils.describe_amp("auto", "bf16", "cpu") == (
+        "bf16 autocast (--amp auto: this CPU has bf16 matrix instructions)", None)
+    assert utils.describe_amp("none", "none", "cpu") == ("fp32", None)
+    _cpu_instructions(monkeypatch)
+    assert utils.describe_amp("auto", "none", "cpu") == (
+        "fp32 (--amp auto: this CPU has no bf16 matrix instructions, AVX512-BF16 or AMX)", None)
+    text, warning = utils.describe_amp("bf16", "bf16", "cpu")
+    assert text == "bf16 autocast" and warning.startswith("--amp bf16 on a CPU without bf16 matrix instructions")
+    assert "50-70x the fp32 time" in warning and warning.endswith("--amp auto picks fp32 on this CPU")
+    assert "--amp fp16" in utils.describe_amp("fp16", "fp16", "cpu")[1]
+    assert utils.describe_amp("bf16", "bf16", "cuda") == ("bf16 autocast", None)
+    assert utils.describe_amp("auto", "none", "cuda") == (
+        "fp32 (--amp auto: no bf16 on this GPU; --amp fp16 is its fast option)", None)
+
+
+def test_train_warns_of_bf16_on_a_cpu_without_it(monkeypatch, tmp_path, capsys):
+    _cpu_instructions(monkeypatch)
+    args, _ = train.resolve_args(["--amp", "bf16", "--device", "cpu", "--dev_file", "dev.json",
+                                  "--save_path", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert args.amp == "bf16" and "device cpu, precision: bf16 autocast\n" in out
+    assert err.startswith("warning: --amp bf16 on a CPU without bf16 matrix instructions")
+    train.resolve_args(["--device", "cpu", "--dev_file", "dev.json", "--save_path", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert "precision: fp32 (--amp auto: this CPU has no bf16 matrix instructions" in out and err == ""
+
+
 def test_authors_recipe_trains_both_stages(tmp_path):
     """--recipe authors end to end: a two-stage run writes its scores, and the checkpoint keeps the recipe."""
     data = helpers.write_dataset(tmp_path / "data")
