@@ -107,7 +107,7 @@ class LogitLinear(torch.nn.Linear):
     """The linear layer that writes logits, computed in float32 even under autocast. The adaptive threshold
     compares each relation's logit with the threshold class's, and bf16 keeps 8 significant bits: logits closer
     than about 1/128 of their size come out equal, and a tie is "no relation". A bf16-trained Re-DocRED model
-    scored in bf16 submitted 1.5% fewer triples than the same weights in fp32, nearly all of them lost ties
+    scored in bf16 submitted 1-3% fewer triples than the same weights in fp32, nearly all of them lost ties
     (docs/RESULTS.md, bf16 against fp32). Only this last product, features -> classes, runs in fp32.
     Same parameters and state_dict keys as nn.Linear."""
 
