@@ -17,7 +17,7 @@
 # scripts/evidence.sh (best.pt scored at K = 0..4), RUNS_DIR/paper/full/s<seed> (the paper recipe) and
 # RUNS_DIR/withhold/authors/full/s<seed> (the authors' recipe with --withhold_max 1.0). Settings through the
 # environment: SEEDS="2 3 4 5"  GAP=512  TRAIN_DOCS=1000  DEV_DOCS=200  STAGE1_EPOCHS=4  EPOCHS=4
-# BUDGET=540 (seconds from the start)  RUNS_DIR=runs/gpu_far
+# AMP=bf16 (TINY: auto)  BUDGET=540 (seconds from the start)  RUNS_DIR=runs/gpu_far
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/far_gpu.sh OUT}
@@ -29,8 +29,10 @@ gpu_environment
 gpu_ujson || exit 1
 if [ -n "${TINY:-}" ]; then
   export TRAIN_DOCS=${TRAIN_DOCS:-8} DEV_DOCS=${DEV_DOCS:-4} STAGE1_EPOCHS=${STAGE1_EPOCHS:-1} EPOCHS=${EPOCHS:-1}
+  export AMP=${AMP:-auto}  # a CPU: bf16 only where it has the instructions for it (docs/PERFORMANCE.md 1.2)
 else
   export TRAIN_DOCS=${TRAIN_DOCS:-1000} DEV_DOCS=${DEV_DOCS:-200} STAGE1_EPOCHS=${STAGE1_EPOCHS:-4} EPOCHS=${EPOCHS:-4}
+  export AMP=${AMP:-bf16}
   gpu_mps_start
 fi
 mkdir -p "$RUNS_DIR/stage1"
@@ -42,14 +44,14 @@ stage1_then_stage2() {  # every seed's stage 1 at once, then both recipes from e
   local seed paper="" withhold=""
   for seed in $SEEDS; do
     gpu_stage1 "$RUNS_DIR/stage1/s$seed" --data_dir "$RUNS_DIR/data" --train_file train.json --dev_file dev.json \
-      --test_file '' --model_name_or_path .gpu/encoder --amp bf16 --seed "$seed" --stage1_epochs "$STAGE1_EPOCHS" \
+      --test_file '' --model_name_or_path .gpu/encoder --amp "$AMP" --seed "$seed" --stage1_epochs "$STAGE1_EPOCHS" \
       --stage2_epochs 0 --encoder_lr 1e-4 --classifier_lr 1e-3 --train_batch_size 4 --threads 1 \
       --pair_features bilinear
     paper+=" paper/full/$seed" withhold+=" authors/full/$seed"
   done
   wait
   # every run of both recipes at once: JOBS = the number of seeds in each evidence.sh
-  export DATA=$RUNS_DIR/data TRAIN=train.json DEV=dev.json AMP=bf16 THREADS=1 EPOCHS JOBS=$(wc -w <<< "$SEEDS")
+  export DATA=$RUNS_DIR/data TRAIN=train.json DEV=dev.json THREADS=1 EPOCHS JOBS=$(wc -w <<< "$SEEDS")
   RUNS=$paper EXTRA="--inference_lr 1e-3" \
     bash scripts/evidence.sh "$RUNS_DIR/stage1/s{seed}/best_stage1.pt" "$RUNS_DIR" &
   RUNS=$withhold EXTRA="--inference_lr 1e-3 --withhold_max 1.0" \

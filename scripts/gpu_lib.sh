@@ -73,19 +73,29 @@ gpu_run_stages() {  # the caller's stage1_then_stage2 until BUDGET (run_until), 
 
 run_until() {  # run_until BUDGET PROGRESS_CMD CMD_LOG CMD...: CMD (its output to CMD_LOG) in a process session of
   # its own, stopped with every run it started (they save last.pt on SIGTERM) once the script has run BUDGET
-  # seconds; PROGRESS_CMD's output is logged every minute
-  local budget=$1 progress=$2 cmd_log=$3 group; shift 3
+  # seconds, or when the script itself is stopped; PROGRESS_CMD's output is logged every minute
+  local budget=$1 progress=$2 cmd_log=$3; shift 3
   setsid "$@" > "$cmd_log" 2>&1 &
-  group=$!
-  while kill -0 "$group" 2>/dev/null && [ "$SECONDS" -lt "$budget" ]; do
+  RUN_UNTIL_GROUP=$!
+  # A session of its own keeps the runs out of reach of a signal to this script: pass SIGINT/SIGTERM on, or a
+  # stopped script (Ctrl-C, a command's time limit) leaves its runs going, and a second call finds them still
+  # holding their run folders' locks.
+  trap 'stop_group; exit 130' INT
+  trap 'stop_group; exit 143' TERM
+  while kill -0 "$RUN_UNTIL_GROUP" 2>/dev/null && [ "$SECONDS" -lt "$budget" ]; do
     sleep 5
     [ $((SECONDS % 60)) -lt 5 ] && log "$(eval "$progress")"
   done
-  if kill -0 "$group" 2>/dev/null; then
+  if kill -0 "$RUN_UNTIL_GROUP" 2>/dev/null; then
     log "budget reached: stopping the runs still going (they keep last.pt)"
-    kill -TERM -- "-$group" 2>/dev/null
-    for _ in $(seq 30); do kill -0 -- "-$group" 2>/dev/null || break; sleep 1; done
-    kill -KILL -- "-$group" 2>/dev/null
+    stop_group
   fi
-  wait "$group" 2>/dev/null || true
+  trap - INT TERM
+  wait "$RUN_UNTIL_GROUP" 2>/dev/null || true
+}
+
+stop_group() {  # SIGTERM to run_until's process group (the runs save last.pt), SIGKILL to what is left after 30 s
+  kill -TERM -- "-$RUN_UNTIL_GROUP" 2>/dev/null
+  for _ in $(seq 30); do kill -0 -- "-$RUN_UNTIL_GROUP" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$RUN_UNTIL_GROUP" 2>/dev/null
 }

@@ -13,8 +13,8 @@
 # epoch scored at K = 0 in dev_result.json) and RUNS_DIR/<recipe>/<variant>/s<seed> (evidence.sh: 6 stage-2
 # epochs at inference LR 1e-3, best.pt scored at K = 0..4). Settings through the environment:
 # SEEDS="66 67 68 69 70"  KINDS="paper/full paper/control authors/full" (RECIPE/VARIANT of evidence.sh)
-# STAGE1_EPOCHS=32  EPOCHS=6  JOBS=15 (stage-2 runs at once)  BUDGET=540 (seconds from the start after which
-# unfinished runs are stopped; they save last.pt)  RUNS_DIR=runs/gpu_plateau
+# STAGE1_EPOCHS=32  EPOCHS=6  JOBS=15 (stage-2 runs at once)  AMP=bf16 (TINY: auto)  BUDGET=540 (seconds from
+# the start after which unfinished runs are stopped; they save last.pt)  RUNS_DIR=runs/gpu_plateau
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/plateau_gpu.sh OUT}
@@ -27,8 +27,9 @@ gpu_environment
 gpu_ujson || exit 1
 if [ -n "${TINY:-}" ]; then
   export STAGE1_EPOCHS=${STAGE1_EPOCHS:-1} EPOCHS=${EPOCHS:-1} JOBS=${JOBS:-3} LIMITS="--max_train_docs 8 --max_eval_docs 8"
+  export AMP=${AMP:-auto}  # a CPU: bf16 only where it has the instructions for it (docs/PERFORMANCE.md 1.2)
 else
-  export STAGE1_EPOCHS=${STAGE1_EPOCHS:-32} EPOCHS=${EPOCHS:-6} JOBS=${JOBS:-15} LIMITS=""
+  export STAGE1_EPOCHS=${STAGE1_EPOCHS:-32} EPOCHS=${EPOCHS:-6} JOBS=${JOBS:-15} LIMITS="" AMP=${AMP:-bf16}
   gpu_mps_start
 fi
 runs=""
@@ -43,12 +44,12 @@ stage1_then_stage2() {  # every seed's stage 1 at once (resumed where stopped), 
   mkdir -p "$RUNS_DIR/stage1"
   for seed in $SEEDS; do
     gpu_stage1 "$RUNS_DIR/stage1/s$seed" --data_dir .gpu/redocred --train_file train_mini.json \
-      --dev_file dev_mini.json --test_file '' --model_name_or_path .gpu/encoder --amp bf16 --seed "$seed" \
+      --dev_file dev_mini.json --test_file '' --model_name_or_path .gpu/encoder --amp "$AMP" --seed "$seed" \
       --stage1_epochs "$STAGE1_EPOCHS" --stage2_epochs 0 --num_iterations 0 --classifier_lr 1e-3 \
       --train_batch_size 4 --threads 1 "${limits[@]}"
   done
   wait
-  DATA=.gpu/redocred AMP=bf16 THREADS=1 EXTRA="--inference_lr 1e-3 $LIMITS" \
+  DATA=.gpu/redocred THREADS=1 EXTRA="--inference_lr 1e-3 $LIMITS" \
     bash scripts/evidence.sh "$RUNS_DIR/stage1/s{seed}/best_stage1.pt" "$RUNS_DIR"
 }
 

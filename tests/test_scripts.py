@@ -4,9 +4,11 @@ scripts/bootstrap.py (paired bootstrap equal to the official scores on the full 
 import json
 import math
 import random
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -436,6 +438,42 @@ def test_run_demo_script_parses():
     for name in ("run_demo.sh", "evidence_gpu.sh", "whole_runs_gpu.sh", "plateau_gpu.sh", "far_gpu.sh",
                  "gpu_lib.sh", "run_queue.sh"):
         subprocess.run(["bash", "-n", str(helpers.ROOT / "scripts" / name)], check=True)
+
+
+def _running(pid):
+    """The process exists and is no zombie (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_run_until_stops_its_runs_when_the_script_is_stopped(tmp_path):
+    """run_until starts its command in a process session of its own; a SIGTERM to the calling script (a time
+    limit, Ctrl-C) stops that command too, so that no run is left going, holding its folder's lock."""
+    script = tmp_path / "s.sh"
+    script.write_text(f"""set -u
+OUT={tmp_path}; LOG={tmp_path}/log
+source {helpers.ROOT}/scripts/gpu_lib.sh
+run_until 600 true {tmp_path}/cmd.log bash -c 'echo $$ > {tmp_path}/pid; sleep 60'
+echo not reached > {tmp_path}/after
+""")
+    proc = subprocess.Popen(["bash", str(script)])
+    pid_file = tmp_path / "pid"
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    inner = int(pid_file.read_text())
+    assert _running(inner)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    for _ in range(100):
+        if not _running(inner):
+            break
+        time.sleep(0.05)
+    assert not _running(inner) and not (tmp_path / "after").exists()
 
 
 FAKE_TRAIN = """#!/usr/bin/env bash
