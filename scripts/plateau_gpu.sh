@@ -13,6 +13,8 @@
 # epoch scored at K = 0 in dev_result.json) and RUNS_DIR/<recipe>/<variant>/s<seed> (evidence.sh: 6 stage-2
 # epochs at inference LR 1e-3, best.pt scored at K = 0..4). Settings through the environment:
 # SEEDS="66 67 68 69 70"  KINDS="paper/full paper/control authors/full" (RECIPE/VARIANT of evidence.sh)
+# RUNS="RECIPE/VARIANT/SEED ..." (instead of SEEDS x KINDS: exactly these runs, started in this order, and a stage 1
+# for each of their seeds)
 # STAGE1_EPOCHS=32  EPOCHS=6  JOBS=15 (stage-2 runs at once)  AMP=bf16 (TINY: auto)  BUDGET=540 (seconds from
 # the start after which unfinished runs are stopped; they save last.pt)  RUNS_DIR=runs/gpu_plateau
 set -uo pipefail
@@ -32,9 +34,16 @@ else
   export STAGE1_EPOCHS=${STAGE1_EPOCHS:-32} EPOCHS=${EPOCHS:-6} JOBS=${JOBS:-15} LIMITS="" AMP=${AMP:-bf16}
   gpu_mps_start
 fi
-runs=""
-for seed in $SEEDS; do for kind in $KINDS; do runs+=" $kind/$seed"; done; done
-export RUNS=${runs# }
+if [ -n "${RUNS:-}" ]; then  # exactly these runs, in this order, and a stage 1 for each of their seeds
+  read -r -d '' -a runs <<< "$RUNS"
+  RUNS="${runs[*]}"  # on one line, as evidence.sh reads it
+  SEEDS=$(for run in $RUNS; do echo "${run##*/}"; done | sort -un | paste -sd' ')
+else
+  runs=""
+  for seed in $SEEDS; do for kind in $KINDS; do runs+=" $kind/$seed"; done; done
+  RUNS=${runs# }
+fi
+export SEEDS RUNS
 log "stage 1 ($STAGE1_EPOCHS epochs) for seeds $SEEDS, then ($JOBS at a time, budget ${BUDGET}s): $RUNS"
 
 stage1_then_stage2() {  # every seed's stage 1 at once (resumed where stopped), then the stage-2 runs from them

@@ -481,6 +481,7 @@ FAKE_TRAIN = """#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
 save=; prev=
 for a in "$@"; do [ "$prev" = --save_path ] && save=$a; prev=$a; done
+[ -n "$save" ] || exit 0  # not a run (the GPU scripts' version and package checks)
 mkdir -p "$save"
 case " $* " in *" --evaluate_only "*) echo {} > "$save/eval_scores.json";; *) echo {} > "$save/best.pt";; esac
 """
@@ -549,6 +550,25 @@ def test_evidence_control_and_a_stage_1_per_seed(tmp_path):
     assert "--loss_weights" not in trains[2] and "--num_iterations" not in trains[2]
     # and is evaluated like every other run, at K = 0..4 (its passes untrained: K = 0 is the model)
     assert sum(f"--load_path {tmp_path}/ev/paper/control/s7/best.pt --num_iterations 4" in c for c in calls) == 1
+
+
+def test_plateau_gpu_trains_a_stage_1_per_seed_of_the_runs_given(tmp_path):
+    """RUNS instead of SEEDS x KINDS: a stage 1 for each seed among the runs (once), then exactly those stage-2
+    runs in their order, each from its own seed's stage 1; TINY (a CPU smoke test) trains with --amp auto."""
+    code, err, calls = run_faked(tmp_path, "plateau_gpu.sh", [str(tmp_path / "out")],
+                                 "paper/full/67 authors/no_fusion/66\npaper/full/66", TINY="1",
+                                 RUNS_DIR=str(tmp_path / "runs"))
+    assert code == 0, err
+    runs = [c for c in calls if "--save_path" in c and "--evaluate_only" not in c]
+    saved = [c.split("--save_path ")[1].split()[0].split(str(tmp_path / "runs") + "/")[1] for c in runs]
+    assert sorted(saved[:2]) == ["stage1/s66", "stage1/s67"]
+    assert saved[2:] == ["paper/full/s67", "authors/no_fusion/s66", "paper/full/s66"]
+    assert all("--stage1_epochs 1 --stage2_epochs 0" in c for c in runs[:2])
+    assert f"--load_path {tmp_path}/runs/stage1/s67/best_stage1.pt --recipe paper --seed 67" in runs[2]
+    assert f"--load_path {tmp_path}/runs/stage1/s66/best_stage1.pt --recipe authors --seed 66" in runs[3]
+    assert all("--amp auto" in c for c in runs) and (tmp_path / "out" / "runs.tar.gz").is_file()
+    log = (tmp_path / "out" / "plateau.log").read_text()
+    assert "for seeds 66 67, then" in log and "stage 2 done: 3" in log
 
 
 @pytest.mark.parametrize("runs,seeds,message", [
