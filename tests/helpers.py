@@ -127,6 +127,14 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+def cpu_instructions(monkeypatch, avx512_bf16=False, amx=False, amx_fp16=False):
+    """What torch.cpu reports of the CPU's bf16 / fp16 matrix instructions (utils.cpu_native_matmul reads it)."""
+    import torch
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16, raising=False)
+
+
 def run_train(args, env=None, timeout=300):
     """Run train.py as a subprocess from the repository root; returns the CompletedProcess."""
     full_env = subprocess_env(**(env or {}))

@@ -194,8 +194,7 @@ def test_cli_errors_are_one_line(env, tmp_path, capsys):
 
 
 def test_cli_warns_of_bf16_on_a_cpu_without_it(env, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    helpers.cpu_instructions(monkeypatch)
     assert predict.cli(["--checkpoint", str(env["ckpt"]), "--input", str(env["data"]["test"]), "--device", "cpu",
                         "--output", str(tmp_path / "p.json"), "--amp", "bf16"]) == 0
     err = capsys.readouterr().err

@@ -257,39 +257,32 @@ def test_bad_loss_weights_are_a_usage_error(bad, tmp_path, capsys):
 
 
 def test_amp_auto(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    helpers.cpu_instructions(monkeypatch, avx512_bf16=True)
     assert utils.resolve_amp("auto", "cpu") == "bf16"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    helpers.cpu_instructions(monkeypatch)
     assert utils.resolve_amp("auto", "cpu") == "none"
     assert utils.resolve_amp("none", "cpu") == "none" and utils.resolve_amp("bf16", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert utils.resolve_amp("auto", "cuda") == "bf16"
 
 
-def _cpu_instructions(monkeypatch, avx512_bf16=False, amx=False, amx_fp16=False):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16, raising=False)
-
-
 def test_cpu_native_matmul_reads_the_instructions_of_each_dtype(monkeypatch):
-    _cpu_instructions(monkeypatch)
+    helpers.cpu_instructions(monkeypatch)
     assert not utils.cpu_native_matmul("bf16") and not utils.cpu_native_matmul("fp16")
-    _cpu_instructions(monkeypatch, avx512_bf16=True)
+    helpers.cpu_instructions(monkeypatch, avx512_bf16=True)
     assert utils.cpu_native_matmul("bf16") and not utils.cpu_native_matmul("fp16")
-    _cpu_instructions(monkeypatch, amx=True)
+    helpers.cpu_instructions(monkeypatch, amx=True)
     assert utils.cpu_native_matmul("bf16") and utils.resolve_amp("auto", "cpu") == "bf16"
-    _cpu_instructions(monkeypatch, amx_fp16=True)
+    helpers.cpu_instructions(monkeypatch, amx_fp16=True)
     assert utils.cpu_native_matmul("fp16") and not utils.cpu_native_matmul("bf16")
 
 
 def test_describe_amp_says_why_auto_chose_and_warns_of_slow_cpu_kernels(monkeypatch):
-    _cpu_instructions(monkeypatch, avx512_bf16=True)
+    helpers.cpu_instructions(monkeypatch, avx512_bf16=True)
     assert utils.describe_amp("auto", "bf16", "cpu") == (
         "bf16 autocast (--amp auto: this CPU has bf16 matrix instructions)", None)
     assert utils.describe_amp("none", "none", "cpu") == ("fp32", None)
-    _cpu_instructions(monkeypatch)
+    helpers.cpu_instructions(monkeypatch)
     assert utils.describe_amp("auto", "none", "cpu") == (
         "fp32 (--amp auto: this CPU has no bf16 matrix instructions, AVX512-BF16 or AMX)", None)
     text, warning = utils.describe_amp("bf16", "bf16", "cpu")
@@ -302,7 +295,7 @@ def test_describe_amp_says_why_auto_chose_and_warns_of_slow_cpu_kernels(monkeypa
 
 
 def test_train_warns_of_bf16_on_a_cpu_without_it(monkeypatch, tmp_path, capsys):
-    _cpu_instructions(monkeypatch)
+    helpers.cpu_instructions(monkeypatch)
     args, _ = train.resolve_args(["--amp", "bf16", "--device", "cpu", "--dev_file", "dev.json",
                                   "--save_path", str(tmp_path / "run")])
     out, err = capsys.readouterr()
