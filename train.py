@@ -229,10 +229,11 @@ def resolve_args(argv):
     if not args.evaluate_only and not args.dev_file:
         raise UsageError("training needs --dev_file (model selection is on dev F1)")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    requested, args.amp = args.amp, resolve_amp(args.amp, "cuda" if use_cuda else "cpu")
+    device_type = "cuda" if use_cuda else "cpu"
+    requested, args.amp = args.amp, resolve_amp(args.amp, device_type)
     if int(os.environ.get("RANK", "0")) == 0:
-        precision, warning = describe_amp(requested, args.amp, "cuda" if use_cuda else "cpu")
-        print(f"device {'cuda' if use_cuda else 'cpu'}, precision: {precision}", flush=True)
+        precision, warning = describe_amp(requested, args.amp, device_type)
+        print(f"device {device_type}, precision: {precision}", flush=True)
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     return args, ckpt

@@ -37,7 +37,7 @@ fi
 if [ -n "${RUNS:-}" ]; then  # exactly these runs, in this order, and a stage 1 for each of their seeds
   read -r -d '' -a runs <<< "$RUNS"
   RUNS="${runs[*]}"  # on one line, as evidence.sh reads it
-  SEEDS=$(for run in $RUNS; do echo "${run##*/}"; done | sort -un | paste -sd' ')
+  SEEDS=$(printf '%s\n' "${runs[@]##*/}" | sort -un | paste -sd' ')
 else
   runs=""
   for seed in $SEEDS; do for kind in $KINDS; do runs+=" $kind/$seed"; done; done
