@@ -15,7 +15,7 @@
 #   JOBS=2 (runs at once)  THREADS=1 (CPU threads per run)  EXTRA= (more train.py flags for every run)
 #   AMP=auto (train.py --amp, for the training run and for its final evaluation alike)
 #   RUNS="RECIPE/VARIANT/SEED ..." (instead of RECIPES x VARIANTS x SEEDS: exactly these runs, started in this
-#   order; no SEED arguments then)
+#   order; no SEED arguments then)   CHECK_ONLY=1 (check the runs' names, exit 2 naming a bad one, train nothing)
 # The stage-1 checkpoint fixes the encoder and the data flags it was trained with (train.py reads them from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,8 +58,9 @@ run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evalu
 
 for item in "${queue[@]}"; do
   IFS=/ read -r recipe variant seed <<< "$item"
-  if [ -z "$seed" ] || [ -z "${flags[$variant]+set}" ]; then  # (an empty seed also means an empty variant)
-    echo "not RECIPE/VARIANT/SEED with a known variant: $item" >&2; exit 2
+  if ! [[ $seed =~ ^[0-9]+$ ]] || [ -z "${flags[$variant]+set}" ]; then
+    echo "not RECIPE/VARIANT/SEED with a known variant and a numeric seed: $item" >&2; exit 2
   fi
 done
+[ -z "${CHECK_ONLY:-}" ] || exit 0  # the runs are well formed; nothing is trained (scripts/plateau_cpu.sh)
 run_queue "$OUT" "${queue[@]}"

@@ -483,7 +483,8 @@ save=; prev=
 for a in "$@"; do [ "$prev" = --save_path ] && save=$a; prev=$a; done
 [ -n "$save" ] || exit 0  # not a run (the GPU scripts' version and package checks)
 mkdir -p "$save"
-case " $* " in *" --evaluate_only "*) echo {} > "$save/eval_scores.json";; *) echo {} > "$save/best.pt";; esac
+case " $* " in *" --evaluate_only "*) ;; *) echo {} > "$save/best.pt";; esac
+echo {} > "$save/eval_scores.json"  # train.py scores every run it ends, training runs as well
 """
 
 
@@ -571,10 +572,59 @@ def test_plateau_gpu_trains_a_stage_1_per_seed_of_the_runs_given(tmp_path):
     assert "for seeds 66 67, then" in log and "stage 2 done: 3" in log
 
 
+def _trained(calls, root):
+    """The save paths of the training runs among CALLS, relative to ROOT."""
+    return [c.split("--save_path ")[1].split()[0].split(f"{root}/")[1] for c in calls
+            if "--save_path" in c and "--evaluate_only" not in c]
+
+
+def test_plateau_cpu_runs_a_lane_per_seed_stage_1_first(tmp_path):
+    """Each seed's lane: its 32-epoch stage 1, then its own runs (in RUNS' order) from that checkpoint; a second
+    call finds everything finished and trains nothing."""
+    out = tmp_path / "p32"
+    code, err, calls = run_faked(tmp_path, "plateau_cpu.sh", [str(out)],
+                                 "authors/full/66 authors/no_fusion/67\npaper/full/66", LANES="1")
+    assert code == 0, err
+    assert _trained(calls, out) == ["stage1/s66", "authors/full/s66", "paper/full/s66", "stage1/s67",
+                                    "authors/no_fusion/s67"]
+    stage1 = [c for c in calls if "/stage1/s" in c.split("--save_path ")[-1]]
+    assert all("--stage1_epochs 32 --stage2_epochs 0 --num_iterations 0 --classifier_lr 1e-3" in c for c in stage1)
+    assert all("--amp auto" in c and "--threads 1" in c for c in calls)
+    assert f"--load_path {out}/stage1/s67/best_stage1.pt --recipe authors --seed 67" in calls[-2]
+    assert "--no_fusion" in calls[-2] and "--inference_lr 1e-3" in calls[-2] and "--stage2_epochs 6" in calls[-2]
+    assert calls[-1].endswith(f"--load_path {out}/authors/no_fusion/s67/best.pt --num_iterations 4 --save_path "
+                              f"{out}/authors/no_fusion/s67/eval_k4 --overwrite")
+    (tmp_path / "calls.txt").unlink()
+    code, err, again = run_faked(tmp_path, "plateau_cpu.sh", [str(out)], "authors/full/66 authors/no_fusion/67")
+    assert code == 0 and again == []
+
+
+def test_plateau_cpu_default_runs_and_a_stopped_stage_1(tmp_path):
+    """SEEDS x KINDS by default (E's two runs, then D's); a stage 1 that left last.pt is resumed, and one that still
+    does not finish stops its lane with a message and exit status 1, the other lane going on."""
+    out = tmp_path / "p32"
+    (out / "stage1" / "s5").mkdir(parents=True)
+    (out / "stage1" / "s5" / "last.pt").write_text("{}")
+    code, err, calls = run_faked(tmp_path, "plateau_cpu.sh", [str(out)], "", SEEDS="5 6", LANES="1")
+    assert code == 1 and f"lane of seed 5 unfinished: {out}/lane_s5.log" in err
+    assert calls[0] == f"train.py --resume {out}/stage1/s5 --threads 1"
+    assert "stage 1 of seed 5 unfinished" in (out / "lane_s5.log").read_text()
+    assert _trained(calls, out) == ["stage1/s6", "authors/full/s6", "authors/no_fusion/s6", "paper/full/s6",
+                                    "paper/control/s6"]
+
+
+def test_plateau_cpu_checks_the_run_names_before_training(tmp_path):
+    code, err, calls = run_faked(tmp_path, "plateau_cpu.sh", [str(tmp_path / "p32")],
+                                 "authors/full/66 paper/bogus/67")
+    assert code == 2 and "not RECIPE/VARIANT/SEED with a known variant and a numeric seed: paper/bogus/67" in err
+    assert calls == []
+
+
 @pytest.mark.parametrize("runs,seeds,message", [
-    ("paper/bogus/1", (), "not RECIPE/VARIANT/SEED with a known variant: paper/bogus/1"),
-    ("paper/full", (), "not RECIPE/VARIANT/SEED with a known variant: paper/full"),
-    ("paper/full/1 paper", (), "not RECIPE/VARIANT/SEED with a known variant: paper\n"),
+    ("paper/bogus/1", (), "not RECIPE/VARIANT/SEED with a known variant and a numeric seed: paper/bogus/1"),
+    ("paper/full", (), "not RECIPE/VARIANT/SEED with a known variant and a numeric seed: paper/full"),
+    ("paper/full/1 paper", (), "not RECIPE/VARIANT/SEED with a known variant and a numeric seed: paper\n"),
+    ("paper/full/x", (), "not RECIPE/VARIANT/SEED with a known variant and a numeric seed: paper/full/x"),
     ("", (), "usage: bash scripts/evidence.sh STAGE1_CKPT OUT SEED"),
 ])
 def test_evidence_bad_runs(tmp_path, runs, seeds, message):
