@@ -44,14 +44,10 @@ declare -A flags=([full]="" [no_contrastive]="--contrastive none" [no_fusion]="-
 run() {  # run DIR RECIPE VARIANT SEED: train stage 2 (or resume it), then evaluate best.pt at K = 4
   local dir=$1 recipe=$2 variant=$3 seed=$4
   [ -f "$dir/eval_k4/eval_scores.json" ] && { echo "done: $dir"; return; }
-  if [ -f "$dir/last.pt" ] && [ ! -f "$dir/eval_scores.json" ]; then
-    python train.py --resume "$dir" --threads "$THREADS"
-  elif [ ! -f "$dir/eval_scores.json" ]; then
-    if [ "$variant" = control ]; then read -r -a vflags <<< "$(control_flags "$recipe")"  # its weights by recipe
-    else read -r -a vflags <<< "${flags[$variant]}"; fi
-    python train.py "${data[@]}" --load_path "${CKPT//\{seed\}/$seed}" --recipe "$recipe" --seed "$seed" \
-      --stage2_epochs "$EPOCHS" --train_batch_size "$BATCH" --save_path "$dir" --overwrite "${vflags[@]}" "${extra[@]}"
-  fi
+  if [ "$variant" = control ]; then read -r -a vflags <<< "$(control_flags "$recipe")"  # its weights by recipe
+  else read -r -a vflags <<< "${flags[$variant]}"; fi
+  train_or_resume "$dir" "$THREADS" "${data[@]}" --load_path "${CKPT//\{seed\}/$seed}" --recipe "$recipe" \
+    --seed "$seed" --stage2_epochs "$EPOCHS" --train_batch_size "$BATCH" "${vflags[@]}" "${extra[@]}"
   python train.py "${data[@]}" --evaluate_only --load_path "$dir/best.pt" --num_iterations 4 \
     --save_path "$dir/eval_k4" --overwrite
 }

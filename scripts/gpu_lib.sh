@@ -1,6 +1,7 @@
 # Sourced by the scripts that run on a lent GPU machine (no ../shared, no package registry; see
 # scripts/evidence_gpu.sh): a log, the environment in it, ujson from a carried wheel, CUDA MPS, and a deadline
 # for a group of runs. Set OUT and LOG before sourcing.
+source "$(dirname "${BASH_SOURCE[0]}")/run_queue.sh"  # train_or_resume
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 PY=$(command -v python || command -v python3)  # GPU images may have only python3
 python() { "$PY" "$@"; }
@@ -49,13 +50,9 @@ gpu_finish() {  # what comes back: the runs under RUNS_DIR without checkpoints (
   log "wrote $OUT: $(ls "$OUT" | tr '\n' ' ')"
 }
 
-gpu_stage1() {  # gpu_stage1 DIR TRAIN_ARGS...: a stage-1 run in the background, skipped where finished (its
-  # eval_scores.json exists), resumed where stopped (last.pt), else started; its output in DIR.log
+gpu_stage1() {  # gpu_stage1 DIR TRAIN_ARGS...: train_or_resume DIR (one thread) in the background, output in DIR.log
   local dir=$1; shift
-  if [ -f "$dir/eval_scores.json" ]; then return
-  elif [ -f "$dir/last.pt" ]; then python train.py --resume "$dir" --threads 1 >> "$dir.log" 2>&1 &
-  else python train.py "$@" --save_path "$dir" --overwrite > "$dir.log" 2>&1 &
-  fi
+  train_or_resume "$dir" 1 "$@" >> "$dir.log" 2>&1 &
 }
 
 stage_counts() {  # finished runs under RUNS_DIR, for the log: stage 1 (RUNS_DIR/stage1/s*) and stage 2 (scored at K = 0..4)
@@ -64,7 +61,7 @@ stage_counts() {  # finished runs under RUNS_DIR, for the log: stage 1 (RUNS_DIR
 }
 
 gpu_run_stages() {  # the caller's stage1_then_stage2 until BUDGET (run_until), its progress logged; then gpu_finish
-  export -f stage1_then_stage2 gpu_stage1
+  export -f stage1_then_stage2 gpu_stage1 train_or_resume
   run_until "$BUDGET" stage_counts "$OUT/runs_sh.log" bash -c stage1_then_stage2
   cat "$OUT/runs_sh.log" >> "$LOG"
   log "$(stage_counts)"

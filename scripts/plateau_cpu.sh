@@ -16,6 +16,7 @@
 # bundled encoder)  EXTRA= (more train.py flags for every run, stage 1 included)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/run_queue.sh  # train_or_resume
 OUT=${1:?usage: SEEDS=\"66 67\" bash scripts/plateau_cpu.sh OUT}
 SEEDS=${SEEDS:-66 67} KINDS=${KINDS:-authors/full authors/no_fusion paper/full paper/control}
 STAGE1_EPOCHS=${STAGE1_EPOCHS:-32} LANES=${LANES:-2} THREADS=${THREADS:-1}
@@ -33,25 +34,25 @@ stage1=(--data_dir "$DATA" --train_file "$TRAIN" --dev_file "$DEV" --test_file '
 lane() {  # lane SEED: its stage 1 (skipped where finished, resumed where stopped), then its runs, one at a time
   local seed=$1 dir=$OUT/stage1/s$1 mine=() run
   for run in "${runs[@]}"; do [ "${run##*/}" = "$seed" ] && mine+=("$run"); done
-  if [ ! -f "$dir/eval_scores.json" ]; then
-    if [ -f "$dir/last.pt" ]; then python train.py --resume "$dir" --threads "$THREADS" >> "$dir.log" 2>&1
-    else python train.py "${stage1[@]}" --seed "$seed" --save_path "$dir" --overwrite "${extra[@]}" > "$dir.log" 2>&1
-    fi
-  fi
+  train_or_resume "$dir" "$THREADS" "${stage1[@]}" --seed "$seed" "${extra[@]}" >> "$dir.log" 2>&1
   [ -f "$dir/eval_scores.json" ] || { echo "stage 1 of seed $seed unfinished: $dir.log"; return 1; }
   RUNS="${mine[*]}" JOBS=1 EXTRA="--inference_lr 1e-3 ${EXTRA:-}" \
     bash scripts/evidence.sh "$OUT/stage1/s{seed}/best_stage1.pt" "$OUT"
 }
 
 mkdir -p "$OUT/stage1"
+declare -A seed_of  # lane pid -> its seed
+running=0 status=0
+reap() {  # wait for the next lane to end; a lane that failed sets status 1, named on stderr
+  local pid
+  wait -n -p pid && return
+  echo "lane of seed ${seed_of[$pid]} unfinished: $OUT/lane_s${seed_of[$pid]}.log" >&2; status=1
+}
 for seed in $seeds; do
-  while [ "$(jobs -rp | wc -l)" -ge "$LANES" ]; do wait -n; done
+  if [ "$running" -ge "$LANES" ]; then reap; running=$((running - 1)); fi
   lane "$seed" > "$OUT/lane_s$seed.log" 2>&1 &
+  seed_of[$!]=$seed running=$((running + 1))
 done
-wait
-status=0
-for seed in $seeds; do
-  grep -q "^finished: " "$OUT/lane_s$seed.log" || { echo "lane of seed $seed unfinished: $OUT/lane_s$seed.log" >&2; status=1; }
-done
+while [ "$running" -gt 0 ]; do reap; running=$((running - 1)); done
 [ "$status" = 0 ] && echo "finished: $OUT"
 exit "$status"

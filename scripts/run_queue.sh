@@ -1,4 +1,14 @@
-# Sourced by scripts/evidence.sh and scripts/whole_runs.sh: their shared queue of runs.
+# Sourced by scripts/evidence.sh, scripts/whole_runs.sh, scripts/plateau_cpu.sh and scripts/gpu_lib.sh: their
+# shared queue of runs, and the one rule for a run that may have finished or stopped before.
+train_or_resume() {  # train_or_resume DIR THREADS TRAIN_ARGS...: nothing where DIR's run finished (train.py wrote
+  # DIR/eval_scores.json), resumed from DIR/last.pt where it stopped, else train.py TRAIN_ARGS saving into DIR
+  local dir=$1 threads=$2; shift 2
+  if [ -f "$dir/eval_scores.json" ]; then return 0
+  elif [ -f "$dir/last.pt" ]; then python train.py --resume "$dir" --threads "$threads"
+  else python train.py "$@" --save_path "$dir" --overwrite
+  fi
+}
+
 run_queue() {  # run_queue OUT ITEM...: for each ITEM A/.../SEED, the caller's `run DIR A ... SEED` in the background
   # with DIR = OUT/A/.../sSEED and its output in DIR.log, at most JOBS at once; then exit status 1 (naming them) if
   # any run has no DIR/eval_k4/eval_scores.json

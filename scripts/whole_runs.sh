@@ -38,13 +38,8 @@ run() {  # run DIR KIND SEED
   [ "$kind" = nopre ] && stages=(--skip_stage1 --stage2_epochs $((STAGE1_EPOCHS + STAGE2_EPOCHS)))
   if [ "$kind" = ctrl ]; then read -r -a control <<< "$(control_flags "$RECIPE")"; stages+=("${control[@]}"); fi
   [ -f "$dir/eval_k4/eval_scores.json" ] && { echo "done: $dir"; return; }
-  if [ -f "$dir/last.pt" ] && [ ! -f "$dir/eval_scores.json" ]; then
-    python train.py --resume "$dir" --threads "$THREADS"
-  elif [ ! -f "$dir/eval_scores.json" ]; then
-    python train.py "${data[@]}" --amp "$amp" --recipe "$RECIPE" --seed "$seed" "${stages[@]}" \
-      --classifier_lr 1e-3 --inference_lr 1e-3 --train_batch_size "$BATCH" --save_path "$dir" --overwrite \
-      "${extra[@]}"
-  fi
+  train_or_resume "$dir" "$THREADS" "${data[@]}" --amp "$amp" --recipe "$RECIPE" --seed "$seed" "${stages[@]}" \
+    --classifier_lr 1e-3 --inference_lr 1e-3 --train_batch_size "$BATCH" "${extra[@]}"
   if [ "$kind" != nopre ]; then
     python train.py "${data[@]}" --amp "$amp" --evaluate_only --load_path "$dir/best_stage1.pt" --num_iterations 0 \
       --save_path "$dir/eval_stage1" --overwrite

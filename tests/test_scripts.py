@@ -544,9 +544,9 @@ def test_evidence_control_and_a_stage_1_per_seed(tmp_path):
     assert len(trains) == 3
     # each run loads the stage 1 of its own seed; the control keeps only the base loss, at the recipe's weight
     assert "--load_path s1/s7/best_stage1.pt --recipe paper --seed 7" in trains[0]
-    assert trains[0].endswith("--loss_weights 1,0,0,0 --contrastive none --num_iterations 0")
+    assert "--loss_weights 1,0,0,0 --contrastive none --num_iterations 0" in trains[0]
     assert "--load_path s1/s8/best_stage1.pt --recipe authors --seed 8" in trains[1]
-    assert trains[1].endswith("--loss_weights 5,0,0,0 --contrastive none --num_iterations 0")
+    assert "--loss_weights 5,0,0,0 --contrastive none --num_iterations 0" in trains[1]
     assert "--load_path s1/s8/best_stage1.pt --recipe paper --seed 8" in trains[2]
     assert "--loss_weights" not in trains[2] and "--num_iterations" not in trains[2]
     # and is evaluated like every other run, at K = 0..4 (its passes untrained: K = 0 is the model)
@@ -599,18 +599,39 @@ def test_plateau_cpu_runs_a_lane_per_seed_stage_1_first(tmp_path):
     assert code == 0 and again == []
 
 
-def test_plateau_cpu_default_runs_and_a_stopped_stage_1(tmp_path):
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_plateau_cpu_default_runs_and_a_stopped_stage_1(tmp_path, lanes):
     """SEEDS x KINDS by default (E's two runs, then D's); a stage 1 that left last.pt is resumed, and one that still
     does not finish stops its lane with a message and exit status 1, the other lane going on."""
     out = tmp_path / "p32"
     (out / "stage1" / "s5").mkdir(parents=True)
     (out / "stage1" / "s5" / "last.pt").write_text("{}")
-    code, err, calls = run_faked(tmp_path, "plateau_cpu.sh", [str(out)], "", SEEDS="5 6", LANES="1")
-    assert code == 1 and f"lane of seed 5 unfinished: {out}/lane_s5.log" in err
-    assert calls[0] == f"train.py --resume {out}/stage1/s5 --threads 1"
+    code, err, calls = run_faked(tmp_path, "plateau_cpu.sh", [str(out)], "", SEEDS="5 6", LANES=lanes)
+    assert code == 1 and err.count("unfinished") == 1 and f"lane of seed 5 unfinished: {out}/lane_s5.log" in err
+    assert f"train.py --resume {out}/stage1/s5 --threads 1" in calls
     assert "stage 1 of seed 5 unfinished" in (out / "lane_s5.log").read_text()
     assert _trained(calls, out) == ["stage1/s6", "authors/full/s6", "authors/no_fusion/s6", "paper/full/s6",
                                     "paper/control/s6"]
+
+
+def test_train_or_resume_skips_a_finished_run_and_resumes_a_stopped_one(tmp_path):
+    """scripts/run_queue.sh's rule, shared by every script that trains: DIR/eval_scores.json means finished (no
+    call), DIR/last.pt without it means stopped (--resume), neither means a new run saving into DIR."""
+    for name, files in (("done", ["last.pt", "eval_scores.json"]), ("stopped", ["last.pt"]), ("new", [])):
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_TRAIN)
+    (bin_dir / "python").chmod(0o755)
+    script = f"""source {helpers.ROOT}/scripts/run_queue.sh
+for d in done stopped new; do train_or_resume {tmp_path}/$d 3 --seed 9 --amp none || exit 1; done"""
+    subprocess.run(["bash", "-c", script], check=True, cwd=tmp_path,
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls.txt")})
+    assert (tmp_path / "calls.txt").read_text().splitlines() == [
+        f"train.py --resume {tmp_path}/stopped --threads 3",
+        f"train.py --seed 9 --amp none --save_path {tmp_path}/new --overwrite"]
 
 
 def test_plateau_cpu_checks_the_run_names_before_training(tmp_path):
