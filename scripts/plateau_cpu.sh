@@ -41,18 +41,19 @@ lane() {  # lane SEED: its stage 1 (skipped where finished, resumed where stoppe
 }
 
 mkdir -p "$OUT/stage1"
-declare -A seed_of  # lane pid -> its seed
-running=0 status=0
+declare -A seed_of=()  # running lane's pid -> its seed
+status=0
 reap() {  # wait for the next lane to end; a lane that failed sets status 1, named on stderr
   local pid
-  wait -n -p pid && return
-  echo "lane of seed ${seed_of[$pid]} unfinished: $OUT/lane_s${seed_of[$pid]}.log" >&2; status=1
+  wait -n -p pid
+  [ $? = 0 ] || { echo "lane of seed ${seed_of[$pid]} unfinished: $OUT/lane_s${seed_of[$pid]}.log" >&2; status=1; }
+  unset "seed_of[$pid]"
 }
 for seed in $seeds; do
-  if [ "$running" -ge "$LANES" ]; then reap; running=$((running - 1)); fi
+  [ "${#seed_of[@]}" -lt "$LANES" ] || reap
   lane "$seed" > "$OUT/lane_s$seed.log" 2>&1 &
-  seed_of[$!]=$seed running=$((running + 1))
+  seed_of[$!]=$seed
 done
-while [ "$running" -gt 0 ]; do reap; running=$((running - 1)); done
+while [ "${#seed_of[@]}" -gt 0 ]; do reap; done
 [ "$status" = 0 ] && echo "finished: $OUT"
 exit "$status"

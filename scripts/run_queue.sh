@@ -5,7 +5,7 @@ train_or_resume() {  # train_or_resume DIR THREADS TRAIN_ARGS...: nothing where 
   local dir=$1 threads=$2; shift 2
   if [ -f "$dir/eval_scores.json" ]; then return 0
   elif [ -f "$dir/last.pt" ]; then python train.py --resume "$dir" --threads "$threads"
-  else python train.py "$@" --save_path "$dir" --overwrite
+  else python train.py --save_path "$dir" --overwrite "$@"  # TRAIN_ARGS last: a caller's extra flags win
   fi
 }
 
