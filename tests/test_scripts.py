@@ -522,8 +522,17 @@ def test_evidence_runs_in_the_given_order_and_skips_finished_ones(tmp_path):
     (tmp_path / "x").mkdir()
     code, err, calls = run_evidence(tmp_path / "x", "", "7", "8", RECIPES="paper", VARIANTS="full ni1")
     assert code == 0, err
-    order = [(c.split("--save_path ")[1].split()[0]) for c in calls if "--evaluate_only" not in c]
-    assert [o.split("/ev/")[1] for o in order] == ["paper/full/s7", "paper/ni1/s7", "paper/full/s8", "paper/ni1/s8"]
+    assert _trained(calls, tmp_path / "x" / "ev") == ["paper/full/s7", "paper/ni1/s7", "paper/full/s8", "paper/ni1/s8"]
+
+
+def _save_path(call):
+    """The --save_path of one faked train.py call ("" where it has none)."""
+    return call.split("--save_path ")[1].split()[0] if "--save_path" in call else ""
+
+
+def _trained(calls, root):
+    """The save paths of the training runs among CALLS, relative to ROOT."""
+    return [_save_path(c).split(f"{root}/")[1] for c in calls if _save_path(c) and "--evaluate_only" not in c]
 
 
 def test_evidence_trains_and_evaluates_in_one_precision(tmp_path):
@@ -561,7 +570,7 @@ def test_plateau_gpu_trains_a_stage_1_per_seed_of_the_runs_given(tmp_path):
                                  RUNS_DIR=str(tmp_path / "runs"))
     assert code == 0, err
     runs = [c for c in calls if "--save_path" in c and "--evaluate_only" not in c]
-    saved = [c.split("--save_path ")[1].split()[0].split(str(tmp_path / "runs") + "/")[1] for c in runs]
+    saved = _trained(calls, tmp_path / "runs")
     assert sorted(saved[:2]) == ["stage1/s66", "stage1/s67"]
     assert saved[2:] == ["paper/full/s67", "authors/no_fusion/s66", "paper/full/s66"]
     assert all("--stage1_epochs 1 --stage2_epochs 0" in c for c in runs[:2])
@@ -570,12 +579,6 @@ def test_plateau_gpu_trains_a_stage_1_per_seed_of_the_runs_given(tmp_path):
     assert all("--amp auto" in c for c in runs) and (tmp_path / "out" / "runs.tar.gz").is_file()
     log = (tmp_path / "out" / "plateau.log").read_text()
     assert "for seeds 66 67, then" in log and "stage 2 done: 3" in log
-
-
-def _trained(calls, root):
-    """The save paths of the training runs among CALLS, relative to ROOT."""
-    return [c.split("--save_path ")[1].split()[0].split(f"{root}/")[1] for c in calls
-            if "--save_path" in c and "--evaluate_only" not in c]
 
 
 def test_plateau_cpu_runs_a_lane_per_seed_stage_1_first(tmp_path):
@@ -587,7 +590,7 @@ def test_plateau_cpu_runs_a_lane_per_seed_stage_1_first(tmp_path):
     assert code == 0, err
     assert _trained(calls, out) == ["stage1/s66", "authors/full/s66", "paper/full/s66", "stage1/s67",
                                     "authors/no_fusion/s67"]
-    stage1 = [c for c in calls if "--save_path" in c and "/stage1/s" in c.split("--save_path ")[1].split()[0]]
+    stage1 = [c for c in calls if "/stage1/s" in _save_path(c)]
     assert len(stage1) == 2
     assert all("--stage1_epochs 32 --stage2_epochs 0 --num_iterations 0 --classifier_lr 1e-3" in c for c in stage1)
     assert all("--amp auto" in c and "--threads 1" in c for c in calls)
