@@ -190,7 +190,7 @@ class InferenceModule(nn.Module):
         derives from F_0 alone is computed once. ``scores``: the base module's logits [P, C] (pass 0). Returns the
         scores of passes 1..K: each pass's logits, or with ``accumulate`` the base logits plus the logits of every
         pass so far (the authors' test-time score). ``first_input`` [P, C], when given, is decoded for the first
-        pass instead of the base logits (a diagnostic: scripts/oracle_relations.py)."""
+        pass instead of the base logits (a diagnostic: experiments/oracle_relations.py)."""
         f0 = self.reduce(feats)
         fixed = self.layers[0].fixed(f0) if len(self.layers) else None
         out = []

@@ -7,10 +7,10 @@ are their labels and scored [S] the packed positions of the pairs that are score
 DocRED, the candidate pairs for CDR/GDA). Nothing in a training step waits for the GPU: the pair
 coordinates come from the CPU and every random choice is made for all pairs at once.
 
-Stage 2 has two readings (README, "Faithfulness"): the paper's, the defaults of ``Recipe``, and the one of the
-authors' code (``Recipe.authors()``): relations built from the gold labels, noise on the positives and on a
-sample of negatives, losses on those pairs only, weights 5 : 5 : 5 : 1, a one-sided contrastive target, and
-the sum of every pass's logits as the test-time score.
+Stage 2 has two readings (docs/FAITHFULNESS.md), both held by a ``Recipe``: the paper's (the defaults of
+flags.py), and the one of the authors' code (--recipe authors): relations built from the gold labels, noise on
+the positives and on a sample of negatives, losses on those pairs only, weights 5 : 5 : 5 : 1, a one-sided
+contrastive target, and the sum of every pass's logits as the test-time score.
 """
 import os
 import tempfile
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import AutoConfig
 
 import prepro
 from base_module import BaseModule, encoder_from_config, load_encoder
@@ -33,25 +34,27 @@ AUTHORS_NOISE_NEGATIVES = (0.05, 0.15)
 
 @dataclass
 class Recipe:
-    """How stage 2 trains and how the K passes are scored. Defaults: the paper's reading."""
-    train_relations: str = "pred"  # R_0 in training: the base module's predictions, or the gold labels ("gold")
-    relation_input: str = "argmax"  # R_0 = emb(argmax P), or "multihot": the sum of the predicted relations' emb
-    noise_on: str = "all"  # "all": r ~ U(0, noise_max) of each document's valid pairs; "sampled": the authors'
-    noise_max: float = 0.4
-    negative_ratio: int = 0  # 0: AT losses on all scored pairs; K: positives + K x #positives sampled negatives
-    loss_weights: tuple = (1.0, 1.0, 0.0, 1.0)  # base AT, view-A AT, view-B AT, contrastive
-    contrastive: str = "simsiam"  # or "simclr" (ablation w/ negative pairs) or "none"
-    contrastive_target: str = "symmetric"  # Eq. (14); "stopgrad": the authors' one-sided, no-grad swapped target
-    temperature: float = 0.1  # SimCLR only
-    test_logits: str = "last"  # the K-th pass's logits; "sum": base logits + every pass's logits
-    num_labels: int = 4  # at most this many relations per pair when decoding a multi-hot
-    withhold_max: float = 0.0  # beyond both readings: r ~ U(0, withhold_max) of the positives get R_0 = NA
+    """How stage 2 trains and how the K passes are scored: the flags of the two readings of the paper (flags.py
+    holds their defaults, the paper's reading, and the --recipe authors preset; docs/FAITHFULNESS.md)."""
+    train_relations: str  # R_0 in training: the base module's predictions ("pred"), or the gold labels ("gold")
+    relation_input: str  # R_0 = emb(argmax P) ("argmax"), or "multihot": the sum of the predicted relations' emb
+    noise_on: str  # "all": r ~ U(0, noise_max) of each document's valid pairs; "sampled": the authors'
+    noise_max: float
+    negative_ratio: int  # 0: AT losses on all scored pairs; K: positives + K x #positives sampled negatives
+    loss_weights: tuple  # base AT, view-A AT, view-B AT, contrastive
+    contrastive: str  # "simsiam", "simclr" (ablation w/ negative pairs) or "none"
+    contrastive_target: str  # "symmetric": Eq. (14); "stopgrad": the authors' one-sided, no-grad swapped target
+    temperature: float  # SimCLR only
+    test_logits: str  # "last": the K-th pass's logits; "sum": base logits + every pass's logits
+    num_labels: int  # at most this many relations per pair when decoding a multi-hot
+    withhold_max: float  # beyond both readings: r ~ U(0, withhold_max) of the positives get R_0 = NA
 
     @classmethod
-    def authors(cls, **changes):
-        return cls(**{"train_relations": "gold", "relation_input": "multihot", "noise_on": "sampled",
-                      "negative_ratio": 5, "loss_weights": (5.0, 5.0, 5.0, 1.0), "contrastive_target": "stopgrad",
-                      "test_logits": "sum", **changes})
+    def from_args(cls, args):
+        # checkpoints written before --withhold_max existed do not record it: their runs had it off
+        return cls(args.train_relations, args.relation_input, args.noise_on, args.noise_max, args.negative_ratio,
+                   parse_loss_weights(args.loss_weights), args.contrastive, args.contrastive_target,
+                   args.temperature, args.test_logits, args.num_labels, getattr(args, "withhold_max", 0.0))
 
 
 def choose(eligible, group, num_groups, counts):
@@ -145,11 +148,7 @@ def build_model(args, num_class, encoder, start_ids, end_ids):
     inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
                                 args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion,
                                 args.classifier_layers, args.rel_emb_init)
-    # checkpoints written before --withhold_max existed do not record it: their runs had it off
-    recipe = Recipe(args.train_relations, args.relation_input, args.noise_on, args.noise_max, args.negative_ratio,
-                    parse_loss_weights(args.loss_weights), args.contrastive, args.contrastive_target,
-                    args.temperature, args.test_logits, args.num_labels, getattr(args, "withhold_max", 0.0))
-    return DocREModel(base, inference, recipe, args.freeze_base)
+    return DocREModel(base, inference, Recipe.from_args(args), args.freeze_base)
 
 
 def load_model(args, num_class, tokenizer):
@@ -180,10 +179,10 @@ class DocREModel(nn.Module):
     """The whole model of Fig. 2. ``forward`` returns the training losses of a stage; ``predict`` runs Fig. 2's
     K loop."""
 
-    def __init__(self, base: BaseModule, inference: InferenceModule, recipe: Recipe = None, freeze_base=False):
+    def __init__(self, base: BaseModule, inference: InferenceModule, recipe: Recipe, freeze_base=False):
         super().__init__()
         self.base, self.inference = base, inference
-        self.recipe = recipe or Recipe()
+        self.recipe = recipe
         self.freeze_base = freeze_base
         width = 2 * inference.rel_emb.embedding_dim
         self.predictor = None
@@ -367,7 +366,6 @@ def tokenizer_from_record(record, transformer_type="bert"):
 def encoder_from_record(record, attention="eager"):
     """The encoder of an "encoder" entry, with random weights (the checkpoint's state dict replaces them), in
     float32 like base_module.load_encoder."""
-    from transformers import AutoConfig
     config = dict(record["config"])
     try:
         config = AutoConfig.for_model(config.pop("model_type"), **config)
@@ -381,15 +379,47 @@ def tokenizer_and_model(args, num_class, ckpt=None):
     or hub needed), else from --model_name_or_path (default: the bundled encoder), with pre-trained weights."""
     record = (ckpt or {}).get("encoder")
     if record is None:
-        name = args.model_name_or_path
-        if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
-            raise UsageError(f"--model_name_or_path {name}: no such model folder")
-        tokenizer = prepro.load_tokenizer(name or default_model_path(), args.transformer_type)
+        tokenizer = prepro.load_tokenizer(encoder_path(args.model_name_or_path), args.transformer_type)
         return tokenizer, load_model(args, num_class, tokenizer)
     tokenizer = tokenizer_from_record(record, args.transformer_type)
     start = [tokenizer.cls_token_id]
     end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
     return tokenizer, build_model(args, num_class, encoder_from_record(record, args.attention), start, end)
+
+
+# --transformer_type of the encoder families whose config.json model_type says which one they are.
+TOKENIZER_FAMILY = {"bert": "bert", "distilbert": "bert", "electra": "bert", "roberta": "roberta",
+                    "xlm-roberta": "roberta", "camembert": "roberta", "longformer": "roberta"}
+
+
+def check_encoder(args):
+    """--model_name_or_path must name a model (a config.json that loads) of --transformer_type's family. Checked
+    before the save path is touched and any data is read."""
+    path = encoder_path(args.model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # a missing or broken file, an unknown model type, a field of the wrong type, ...
+        raise UsageError(f"--model_name_or_path {path}: not a model: cannot load its config.json "
+                         f"({type(e).__name__}: {first_line(e)})") from e
+    family = TOKENIZER_FAMILY.get(config.model_type)
+    if family and family != args.transformer_type:
+        # The family decides the special tokens around a document and how words are tokenized: the wrong one
+        # runs, but on inputs the encoder never saw in pre-training.
+        raise UsageError(f"--transformer_type {args.transformer_type} does not fit {path}, a {config.model_type} "
+                         f"model: use --transformer_type {family}")
+
+
+def encoder_path(name):
+    """The folder or hub name of --model_name_or_path; None means the bundled encoder (checkpoints record None, so
+    that they load on any machine). A path that looks local must exist (not be taken for a hub name)."""
+    if name and not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~"))):
+        raise UsageError(f"--model_name_or_path {name}: no such model folder")
+    return name or default_model_path()
+
+
+def first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def hf_encoder(model):

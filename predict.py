@@ -24,8 +24,8 @@ import evaluation
 import prepro
 from losses import get_label
 from model import load_weights, tokenizer_and_model
-from utils import (DataError, UsageError, atomic_write_json, autocast, collate_fn, describe_amp, load_weights_only,
-                   move_to, resolve_amp)
+from rundir import atomic_write_json, load_weights_only
+from utils import DataError, UsageError, autocast, collate_fn, describe_amp, move_to, resolve_amp
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def pass_scores(model, features, batch_size, device, amp, num_iterations, first_
     """The scores of passes 0..K (model.predict) of every document, in document order: per document a list of
     K + 1 tensors [pairs of its hts, C] on the CPU. Batches are bucketed by length (less padding).
     ``first_input``: feature -> [pairs of its hts, C], read by the first pass instead of the base logits (a
-    diagnostic: scripts/oracle_relations.py)."""
+    diagnostic: experiments/oracle_relations.py)."""
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out = [None] * len(features)

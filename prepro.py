@@ -48,6 +48,7 @@ import transformers
 import ujson
 
 import evaluation
+import rundir
 import utils
 
 # Bump when the features for unchanged inputs change: it is part of the cache key.
@@ -157,7 +158,7 @@ def _write_cache(cache_path, path, features, truncation):
     cache = {"version": PREPRO_VERSION, "truncation": truncation, "features": features}
     try:
         # ujson writes it 3.3x faster than json (bench/json_speed.py); the output is ASCII.
-        utils.atomic_write_bytes(cache_path, ujson.dumps(cache).encode("utf-8"))
+        rundir.atomic_write_bytes(cache_path, ujson.dumps(cache).encode("utf-8"))
     except OSError as e:  # caching only saves time: carry on without it
         logger.warning("%s: cannot write cache %s: %s", path, cache_path, e)
 

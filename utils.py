@@ -1,15 +1,10 @@
-"""Small shared helpers: errors, seeding and RNG states, atomic writes (checkpoints, JSON, JSON-lines logs),
-autocast, the default encoder path, the batch layout (Pairs, collate_fn), the process group (torchrun), and
-the lock that keeps one run per --save_path."""
+"""Small shared helpers: errors, seeding and RNG states, autocast, the default encoder path, the batch layout
+(Pairs, collate_fn) and the process group (torchrun). The run folder (lock, atomic writes, checkpoints) is
+rundir.py's."""
 import contextlib
 import datetime
-import io
-import json
 import os
 import random
-import socket
-import sys
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -123,120 +118,6 @@ def autocast(amp, device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def atomic_write_bytes(path, data):
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file, and a
-    failed write (OutputError naming ``path``) leaves the previous file as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_json(path, obj, indent=None):
-    atomic_write_bytes(path, json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8"))
-
-
-def read_lines(path):
-    """The lines (bytes, with their newlines) of a JSON-lines log; [] when it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().splitlines(keepends=True)
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise OutputError(f"cannot read {path}: {e.strerror or e}") from e
-
-
-def write_lines(path, lines, *objects):
-    """Rewrite a JSON-lines log as ``lines`` (from read_lines) followed by ``objects``, atomically: the logs are
-    small, and a crash then leaves the old file or the new one, never a torn line."""
-    new = [json.dumps(obj).encode("utf-8") + b"\n" for obj in objects]
-    atomic_write_bytes(path, b"".join(list(lines) + new))
-
-
-def save_checkpoint(path, obj):
-    """torch.save into memory, then an atomic rename: an interrupted write never leaves a torn file."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path):
-    """A checkpoint written by train.py (a dict with "model" and "args"), on the CPU. A last.pt whose weights are
-    those of best.pt (it then stores none, "model": None) gets them from there (referenced_weights)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UsageError(f"{path} is not a DocRE-II checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
-        raise UsageError(f"{path} is not a DocRE-II checkpoint (no 'model'/'args' entries)")
-    if ckpt["model"] is None and "model_file" in ckpt:
-        ckpt["model"] = referenced_weights(path, ckpt)
-    return ckpt
-
-
-def previous_name(name):
-    """Where train.py keeps the previous best.pt while a last.pt may still refer to its weights."""
-    return "." + name + ".prev"
-
-
-def referenced_weights(path, ckpt):
-    """The weights a last.pt refers to: those of the checkpoint ckpt["model_file"] in the same folder (or of its
-    previous version, kept while a new one is written) whose "weights_id" is ckpt["weights_id"]."""
-    folder = os.path.dirname(os.path.abspath(path))
-    name = ckpt["model_file"]
-    for candidate in (name, previous_name(name)):
-        full = os.path.join(folder, candidate)
-        if os.path.isfile(full):
-            try:
-                other = torch.load(full, map_location="cpu", weights_only=True)
-            except Exception:
-                continue
-            if isinstance(other, dict) and other.get("weights_id") == ckpt["weights_id"]:
-                return other["model"]
-    raise UsageError(f"{path}: its weights are those of {name} in the same folder, which is missing or holds "
-                     f"other weights (keep the run folder's files together)")
-
-
-def atomic_link(src, dst):
-    """dst becomes another name of src's file (a hard link: no second copy on disk; a copy where the file
-    system has no hard links), replacing dst atomically. A later atomic write of src (a rename) leaves dst as
-    it was."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(folder, "." + os.path.basename(dst) + ".link.tmp")
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 class Pairs(NamedTuple):
     """The valid entity pairs of a batch: ``mask`` [B, N, N] and their packed coordinates ``b``, ``s``, ``o``
     [P] in row-major order (as mask.nonzero() lists them). collate_fn computes the coordinates on the CPU,
@@ -310,20 +191,6 @@ def move_to(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def load_weights_only(path):
-    """A checkpoint loaded with weights_only=True (no pickled code runs), on the CPU."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{path} is not a weights-only DocRE-II checkpoint such as best.pt "
-                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "args" not in ckpt:
-        raise UsageError(f"{path} is not a DocRE-II checkpoint with weights (best.pt, best_stage1.pt)")
-    return ckpt
-
-
 # ---------------------------------------------------------------- distributed set-up
 def init_distributed(args):
     """torchrun sets LOCAL_RANK/RANK/WORLD_SIZE (and MASTER_ADDR/PORT); NCCL on CUDA, gloo on CPU. Under torchrun
@@ -360,107 +227,3 @@ def all_max(values, device):
     if distributed():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
-
-
-# ---------------------------------------------------------------- the save path: one run at a time
-LOCK_FILE = "run.lock"  # in --save_path while a run uses it
-
-
-@contextlib.contextmanager
-def claimed(save_path):
-    """Hold --save_path for this run: LOCK_FILE, created atomically, names the process, host and start time, and
-    a second run is refused with them. Creating it is also the check, before anything is loaded, that the folder
-    can be written. Released on the way out (errors and signals included); a folder this run created is removed
-    again when the run wrote nothing into it (bad input leaves no trace)."""
-    created = not os.path.isdir(save_path)
-    try:
-        os.makedirs(save_path, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
-    path = os.path.join(save_path, LOCK_FILE)
-    mine = take_lock(path, save_path)
-    try:
-        yield
-    finally:
-        if read_lock(path) == mine:
-            with contextlib.suppress(OSError):  # never hide the error that ends the run
-                os.remove(path)
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(save_path)  # only when empty
-
-
-def take_lock(path, save_path):
-    """Create the lock file (O_CREAT | O_EXCL: of two runs, one succeeds). A lock whose process is gone (same
-    host, no such pid) is taken over with a warning; another host's cannot be checked and is respected."""
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    for _ in range(5):  # another run may take or give up the lock between two tries
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock(path)
-            if holder == {}:
-                raise UsageError(f"{save_path} is in use by another run (lock file {path}, unreadable: being "
-                                 f"written, or left by a crash: delete it if no run uses this folder)") from None
-            if holder is not None and not lock_is_stale(holder):
-                raise UsageError(f"{save_path} is in use by another run: process {holder.get('pid')} on "
-                                 f"{holder.get('host')}, started {holder.get('started')} (lock file {path}: delete "
-                                 f"it if that run is no longer running)") from None
-            if holder is not None:
-                print(f"warning: {path}: process {holder['pid']} on {holder['host']} (started "
-                      f"{holder.get('started')}) is no longer running: taking over its lock", file=sys.stderr)
-                remove_stale_lock(path, holder)
-            continue
-        except OSError as e:
-            raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
-        try:
-            os.write(fd, json.dumps(mine).encode("utf-8"))
-            os.fsync(fd)
-        except OSError as e:
-            os.close(fd)
-            os.remove(path)
-            raise OutputError(f"cannot write to {save_path}: {e.strerror or e}") from e
-        os.close(fd)
-        return mine
-    raise UsageError(f"{save_path} is in use by another run (lock file {path} keeps changing)")
-
-
-def read_lock(path):
-    """The holder recorded in a lock file, None when there is none; {} when it is unreadable (being written)."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def lock_is_stale(holder):
-    pid = holder.get("pid")
-    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists (another user's)
-        return False
-    return False
-
-
-def remove_stale_lock(path, holder):
-    """Rename the stale lock aside, then delete it. Should another run have replaced it meanwhile (it took over
-    first), the renamed file is that run's live lock: it is put back (os.link: unless yet another run has created
-    one since)."""
-    aside = f"{path}.{os.getpid()}.stale"
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if read_lock(aside) != holder:
-        with contextlib.suppress(OSError):
-            os.link(aside, path)
-    os.remove(aside)

@@ -106,7 +106,7 @@ def load_docs(tokenizer, n_docs, data=None, max_seq_length=1024):
     """Features of the first n_docs documents of Re-DocRED train_mini (or ``data``), else synthetic ones.
     Returns (features, source description)."""
     import prepro
-    import utils
+    import rundir
     path = data or DEFAULT_DATA
     cache = os.path.join(RESULTS, "cache")
     if os.path.exists(path):
@@ -114,7 +114,7 @@ def load_docs(tokenizer, n_docs, data=None, max_seq_length=1024):
         return feats[:n_docs], os.path.relpath(os.path.abspath(path), os.path.dirname(ROOT))
     path = os.path.join(cache, f"synthetic-{n_docs}.json")
     if not os.path.exists(path):
-        utils.atomic_write_json(path, synthetic_documents(n_docs))
+        rundir.atomic_write_json(path, synthetic_documents(n_docs))
     feats = prepro.load_features(path, "docred", tokenizer, max_seq_length, prepro.load_rel2id(), cache_dir=cache)
     return feats[:n_docs], f"synthetic ({n_docs} docs, bench/common.py)"
 
@@ -174,9 +174,9 @@ def autocast(device, amp):
 
 
 def write_json(name, obj):
-    import utils
+    import rundir
     path = os.path.join(RESULTS, name)
-    utils.atomic_write_json(path, obj, indent=2)
+    rundir.atomic_write_json(path, obj, indent=2)
     return path
 
 

@@ -87,11 +87,11 @@ def encoder_config(name, tiny):
 
 
 def build(name, tiny, attention, device):
-    import train
+    import flags
     from base_module import encoder_from_config
     from model import build_model
     cfg, start, end = encoder_config(name, tiny)
-    args = train.parse_args(["--inference_dim", str(64 if tiny else 512)])
+    args = flags.parse_args(["--inference_dim", str(64 if tiny else 512)])
     with torch.device(device):  # initialised where it runs: seconds, not minutes, for roberta-large
         encoder = encoder_from_config(cfg) if attention == "eager" else encoder_from_config(cfg, attention)
         model = build_model(args, NUM_CLASS, encoder, start, end)

@@ -8,7 +8,7 @@
 #      on the Re-DocRED mini split (documents/s), once per encoder attention;
 #   4. bench/gpu_report.py: everything in OUT/gpu_suite.json and one table.
 # Data and encoder: dataset/redocred or ../shared/data/redocred and the bundled encoder when present, else the
-# folder .gpu/ written by `python bench/gpu_carry.py` (the GPU machine has neither).
+# folder .gpu/ written by `python experiments/gpu_carry.py` (the GPU machine has neither).
 # Usage: bash bench/gpu_suite.sh [OUT]          (default bench/results/gpu_suite)
 #        TINY=1 bash bench/gpu_suite.sh OUT     (CPU smoke test: tiny models, a few documents)
 set -uo pipefail

@@ -27,7 +27,7 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 import torch  # noqa: E402
 
 import prepro  # noqa: E402
-import train  # noqa: E402  (the flags)
+import flags  # noqa: E402
 from model import load_model  # noqa: E402
 
 PHASES = ("stage1", "stage2", "eval_k0", "eval_k3")
@@ -36,7 +36,7 @@ PHASES = ("stage1", "stage2", "eval_k0", "eval_k3")
 def build(device):
     tokenizer = common.load_tokenizer()
     rel2id = prepro.load_rel2id()
-    args = train.parse_args(["--inference_dim", "512", "--num_inference_layers", "2", "--num_iterations", "3"])
+    args = flags.parse_args(["--inference_dim", "512", "--num_inference_layers", "2", "--num_iterations", "3"])
     model = load_model(args, len(rel2id), tokenizer).to(device)
     return model, args, tokenizer
 

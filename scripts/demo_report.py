@@ -25,7 +25,7 @@ With --runs (one run folder per training seed, of scripts/run_demo.sh or of a tr
 module alone is RUN/k0/dev_result.json or RUN/dev_result_k0.json, the full model RUN/dev_result.json) the
 report is over the seeds: for all facts, the stated and the inferred ones, the mean F1 (for a kind: from its
 recall and its precision within its slots), recall and precision at K = 0 and at the full model's K, and the
-difference with a 95% interval from the bootstrap over seeds and documents of scripts/bootstrap.py.
+difference with a 95% interval from the bootstrap over seeds and documents of resampling.py.
 
 Prints a Markdown table; errors (missing or unreadable file, a prediction file that is not a list of
 such entries, an unlabelled gold file) print one "error: ..." line and exit with status 2.
@@ -38,9 +38,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bootstrap  # noqa: E402
 import evaluation  # noqa: E402
+import resampling  # noqa: E402
 from utils import DataError  # noqa: E402
 
 COLUMNS = ("stated", "inferred")
@@ -84,7 +83,7 @@ def precision_interval(counts, samples=1000, seed=0):
 
 
 def kind_doc_counts(gold_docs, submission):
-    """{kind: [len(gold_docs), 4] array} of per-document counts in bootstrap.COUNTS order, for the stated and
+    """{kind: [len(gold_docs), 4] array} of per-document counts in resampling.COUNTS order, for the stated and
     the inferred facts apart: #gold facts of that kind predicted, #predictions that fill a slot (title, r, h)
     of a gold fact of that kind, #gold facts of that kind, 0 (no Ign counts). Summed over documents they give
     the kind's recall (correct / gold) and its precision within its slots (correct / predicted)."""
@@ -175,7 +174,7 @@ def seeds_report(gold_docs, runs, samples=1000, seed=0):
     """Rows (all, stated, inferred) over the training seeds of `runs`: [(K=0 submission, full submission)]."""
     counts = {"all": [], **{c: [] for c in COLUMNS}}
     for k0, full in runs:
-        pair = [bootstrap.doc_counts(sub, gold_docs) for sub in (k0, full)]
+        pair = [resampling.doc_counts(sub, gold_docs) for sub in (k0, full)]
         counts["all"].append(pair)
         kinds = [kind_doc_counts(gold_docs, sub) for sub in (k0, full)]
         for c in COLUMNS:
@@ -187,7 +186,7 @@ def seeds_report(gold_docs, runs, samples=1000, seed=0):
         with np.errstate(divide="ignore", invalid="ignore"):
             recall = np.where(gold > 0, 100 * correct / gold, 0.0).mean(0)
             precision = np.where(pred > 0, 100 * correct / pred, 0.0).mean(0)
-        boot = bootstrap.seeds_bootstrap(pairs, samples=samples, seed=seed)
+        boot = resampling.seeds_bootstrap(pairs, samples=samples, seed=seed)
         rows.append({"facts": kind, "seeds": len(pairs), "f1": [boot["a"]["f1"], boot["b"]["f1"]],
                      "recall": recall.tolist(), "precision": precision.tolist(), "f1_diff": boot["f1_diff"],
                      "per_seed_diff": boot["per_seed_diff"]["f1"]})

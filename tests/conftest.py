@@ -1,14 +1,20 @@
 """Shared pytest fixtures: the shared real-data folder and the bundled tokenizer."""
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The project is a set of flat modules in the repository root, not a package:
-# make them importable however pytest is started.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The project is a set of flat modules in the repository root, not a package, with the tools in scripts/ and
+# experiments/: make them importable however pytest is started.
+for path in (ROOT, ROOT / "scripts", ROOT / "experiments"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/run_tests.sh runs a worker per core: one thread each
+    import torch
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,15 @@ def train_args(data, model, save, cache, *extra, stage1=2, stage2=0, lr=None):
     return args + list(extra)
 
 
+def recipe(**flags):
+    """model.Recipe of train.py's defaults (the paper's reading) with ``flags`` changed, e.g. loss_weights="5,5,5,1"."""
+    import argparse
+
+    import model
+    from flags import parse_args
+    return model.Recipe.from_args(argparse.Namespace(**{**vars(parse_args([])), **flags}))
+
+
 def subprocess_env(**extra):
     """One torch thread: the tiny model gains nothing from more, and on a shared 2-core machine extra
     threads make every step many times slower."""

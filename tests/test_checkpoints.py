@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import helpers
+import rundir
 import train
 import utils
 
@@ -52,7 +53,7 @@ def check_no_duplicates(folder):
     if last["model"] is None:  # the reference resolves to best.pt's weights
         best = torch.load(folder / "best.pt", weights_only=True)
         assert last["weights_id"] == best["weights_id"]
-        assert same(utils.load_checkpoint(str(folder / "last.pt"))["model"], best["model"])
+        assert same(rundir.load_checkpoint(str(folder / "last.pt"))["model"], best["model"])
     assert not [n for n in os.listdir(folder) if n.startswith(".")]  # no temporary or previous files left
     return names
 
@@ -61,13 +62,13 @@ def test_no_two_files_with_the_same_weights(env, monkeypatch):
     """Checked after every last.pt write (each stage's start, every epoch) of a 2 + 2 epoch run, and at its end."""
     save = env["root"] / "run"
     seen = []
-    save_last = train.save_last
+    save_last = rundir.RunDir.save_last
 
     def checked(run, model, *rest):
         save_last(run, model, *rest)
         seen.append(check_no_duplicates(save))
 
-    monkeypatch.setattr(train, "save_last", checked)
+    monkeypatch.setattr(rundir.RunDir, "save_last", checked)
     args = helpers.train_args(env["data"], env["model"], save, env["cache"], stage1=2, stage2=2, lr=3e-3)
     assert train.cli(args) == 0
     assert len(seen) == 6  # at the start of each stage and at the end of each of its 2 epochs
@@ -83,14 +84,14 @@ def test_last_pt_reads_previous_best_while_it_is_replaced(tmp_path):
     """Killed between writing the new best.pt and the new last.pt: last.pt's weights are in the kept previous
     best.pt. Without either file the error names them."""
     old = {"model": {"w": torch.arange(3.0)}, "args": {}, "weights_id": "a"}
-    utils.save_checkpoint(str(tmp_path / utils.previous_name("best.pt")), old)
-    utils.save_checkpoint(str(tmp_path / "best.pt"), {"model": {"w": torch.zeros(3)}, "args": {}, "weights_id": "b"})
-    utils.save_checkpoint(str(tmp_path / "last.pt"), {"model": None, "model_file": "best.pt", "weights_id": "a",
+    rundir.save_checkpoint(str(tmp_path / rundir.previous_name("best.pt")), old)
+    rundir.save_checkpoint(str(tmp_path / "best.pt"), {"model": {"w": torch.zeros(3)}, "args": {}, "weights_id": "b"})
+    rundir.save_checkpoint(str(tmp_path / "last.pt"), {"model": None, "model_file": "best.pt", "weights_id": "a",
                                                       "args": {}})
-    assert torch.equal(utils.load_checkpoint(str(tmp_path / "last.pt"))["model"]["w"], torch.arange(3.0))
-    os.remove(tmp_path / utils.previous_name("best.pt"))
+    assert torch.equal(rundir.load_checkpoint(str(tmp_path / "last.pt"))["model"]["w"], torch.arange(3.0))
+    os.remove(tmp_path / rundir.previous_name("best.pt"))
     with pytest.raises(utils.UsageError, match="its weights are those of best.pt"):
-        utils.load_checkpoint(str(tmp_path / "last.pt"))
+        rundir.load_checkpoint(str(tmp_path / "last.pt"))
 
 
 def test_keep_best(env):

@@ -126,8 +126,8 @@ def run_single(args):
 
 
 def weights(save):
-    import train
-    return train.load_checkpoint(str(Path(save) / "last.pt"))["model"]  # last.pt may refer to best.pt's weights
+    import rundir
+    return rundir.load_checkpoint(str(Path(save) / "last.pt"))["model"]  # last.pt may refer to best.pt's weights
 
 
 def max_diff(a, b):
@@ -187,6 +187,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model):
     """1 process: 2 micro-batches of 2 documents (--gradient_accumulation_steps 2) = one batch of 4."""
     import prepro
     import train
+    from flags import parse_args
     data = write_data(tmp_path / "data", train_entities=(2, 6, 3, 5))
     big, acc = tmp_path / "big", tmp_path / "acc"
     run_single(flags(data, tiny_model, big, "--train_batch_size", 4, "--stage1_epochs", 1, "--stage2_epochs", 0))
@@ -195,7 +196,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_model):
     w_big, w_acc = weights(big), weights(acc)
     assert_same(w_big, w_acc)
     # The fixture is one where the weighting matters: equal weights per micro-batch give other parameters.
-    args = train.parse_args(flags(data, tiny_model, tmp_path / "naive", "--train_batch_size", 2))
+    args = parse_args(flags(data, tiny_model, tmp_path / "naive", "--train_batch_size", 2))
     tok = prepro.load_tokenizer(tiny_model, "bert")
     rel2id = prepro.load_rel2id()
     args.num_class = len(rel2id)
@@ -260,12 +261,12 @@ def test_resume_with_other_world_size_mid_epoch_is_refused(tmp_path, tiny_model,
 def _agree_worker(rank, port, out):
     import torch.distributed as dist
 
-    import train
+    import rundir
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    run = train.Run(None, torch.device("cpu"), rank, 2, [], None, None, {})
+    run = rundir.RunDir(None, torch.device("cpu"), rank, 2)
     run.signum = 15 if rank == 1 else 0  # only rank 1 got SIGTERM
-    got = train.agree_stop(run)
+    got = run.agree_stop()
     Path(out, f"{rank}.json").write_text(json.dumps([got, run.signum]))
     dist.destroy_process_group()
 
@@ -281,10 +282,11 @@ def test_every_trainable_parameter_gets_a_gradient(tmp_path, tiny_model, stage, 
     """DDP (find_unused_parameters=False) waits for a gradient of every parameter that requires one."""
     import prepro
     import train
+    from flags import parse_args
     from model import load_model
     from utils import move_to
     data = write_data(tmp_path / "data", train_entities=(2, 6, 3))
-    args = train.parse_args(flags(data, tiny_model, tmp_path / "x", *extra))
+    args = parse_args(flags(data, tiny_model, tmp_path / "x", *extra))
     tok = prepro.load_tokenizer(tiny_model, "bert")
     rel2id = prepro.load_rel2id()
     feats, _ = train.load_split(args, "train.json", tok, rel2id, 0)

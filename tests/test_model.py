@@ -10,7 +10,7 @@ import base_module
 import helpers
 from base_module import BaseModule
 from inference_module import InferenceModule
-from model import DocREModel, Recipe, paper_noise, replace_relations
+from model import DocREModel, paper_noise, replace_relations
 from utils import Pairs, collate_fn
 
 CLS, SEP, STAR = 1, 2, 3
@@ -42,8 +42,8 @@ def build(contrastive="simsiam", eca="eca", fusion=True, freeze_base=False, seed
     torch.manual_seed(seed + 1)
     base = BaseModule(enc, [CLS], [SEP], C, emb_size=24)
     inf = InferenceModule(24, 16, C, num_layers=2, heads_per_line=1, dropout=0.0, eca=eca, fusion=fusion)
-    recipe = {"loss_weights": (1.0, 1.0, 0.0, weight), **recipe}
-    return DocREModel(base, inf, Recipe(contrastive=contrastive, **recipe), freeze_base=freeze_base)
+    recipe = {"loss_weights": f"1,1,0,{weight}", "contrastive": contrastive, **recipe}
+    return DocREModel(base, inf, helpers.recipe(**recipe), freeze_base=freeze_base)
 
 
 def inject_noise(pred, doc, num_docs, max_rate, num_class, gold=None):

@@ -223,9 +223,8 @@ def test_old_style_checkpoint(env, tmp_path):
 
 
 def test_oracle_relations_diagnostic(env, tmp_path, capsys):
-    """scripts/oracle_relations.py: its "as trained" row is the model's own predictions; the first pass's
+    """experiments/oracle_relations.py: its "as trained" row is the model's own predictions; the first pass's
     given R_0 decodes to the stated gold facts (the inferred ones and pairs without a fact: no relation)."""
-    sys.path.insert(0, str(helpers.ROOT / "scripts"))
     import demo_report
     import make_demo_data
     import oracle_relations
@@ -260,7 +259,6 @@ def test_oracle_relations_diagnostic(env, tmp_path, capsys):
 def test_oracle_relations_test_logits_override(env, tmp_path):
     """--test_logits replaces the run's test-time score: the base module predicts P17 everywhere, each pass's own
     logits predict nothing, so "last" predicts no relation and "sum" (base + passes) P17 for every pair."""
-    sys.path.insert(0, str(helpers.ROOT / "scripts"))
     import make_demo_data
     import oracle_relations
     rid = json.load(open(os.path.join(helpers.ROOT, "meta", "rel2id.json")))["P17"]
@@ -299,9 +297,8 @@ def test_pack_rows_places_each_document_row_at_its_packed_pair():
 
 
 def test_composition_probe_trains_the_inference_module_only(env, tmp_path, capsys):
-    """scripts/composition_probe.py: the base module is untouched, the inference module changes and its training
+    """experiments/composition_probe.py: the base module is untouched, the inference module changes and its training
     loss falls; the report's first row reads the stated gold facts; a stage-1 checkpoint is refused."""
-    sys.path.insert(0, str(helpers.ROOT / "scripts"))
     import composition_probe
     import make_demo_data
     splits = make_demo_data.make_splits({"train": 4, "dev": 3}, seed=4)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import flags
 import helpers
 import train
 import utils
@@ -148,7 +149,7 @@ def test_training_view_withholds_only_positives_and_keeps_them_in_the_loss(sourc
 
 
 def test_checkpoint_args_without_withhold_max_build_the_model_with_it_off():
-    saved = vars(train.parse_args(["--recipe", "authors"]))
+    saved = vars(flags.parse_args(["--recipe", "authors"]))
     del saved["withhold_max"]  # the flags a checkpoint written before --withhold_max records
     model = build_model(argparse.Namespace(**saved), C, tiny_encoder(), [CLS], [SEP])
     assert model.recipe.withhold_max == 0.0 and model.recipe.train_relations == "gold"
@@ -164,7 +165,7 @@ def test_loss_on_a_mask_equals_the_loss_on_those_pairs():
 # ---------------------------------------------------------------- stage-2 losses
 def test_authors_loss_weights_and_one_sided_target(monkeypatch):
     model = build(train_relations="gold", relation_input="multihot", noise_on="sampled", negative_ratio=2,
-                  loss_weights=(5.0, 5.0, 5.0, 1.0), contrastive_target="stopgrad").train()
+                  loss_weights="5,5,5,1", contrastive_target="stopgrad").train()
     batch = make_batch()
     pairs, _, gold, _, _ = stage2_inputs(model, batch)
     views = [(gold, None), (torch.roll(gold, 1, 0), None)]  # fixed views: the test recomputes everything
@@ -221,7 +222,7 @@ def test_test_logits_sum_accumulates_and_feeds_back_the_running_sum():
 # ---------------------------------------------------------------- optimiser groups
 def test_param_groups_weight_decay_and_stage2_encoder_only():
     model = build()
-    args = train.parse_args(["--weight_decay", "0.01", "--stage2_base_params", "encoder"])
+    args = flags.parse_args(["--weight_decay", "0.01", "--stage2_base_params", "encoder"])
     names = {id(p): n for n, p in model.named_parameters()}
     for stage in (1, 2):
         groups = model.param_groups(stage, args)
@@ -231,22 +232,22 @@ def test_param_groups_weight_decay_and_stage2_encoder_only():
     stage2 = {names[id(p)] for g in model.param_groups(2, args) for p in g["params"]}
     assert any(n.startswith("base.encoder.") for n in stage2)
     assert not any(n.startswith("base.") and not n.startswith("base.encoder.") for n in stage2)  # head frozen
-    everything = {names[id(p)] for g in model.param_groups(2, train.parse_args([])) for p in g["params"]}
+    everything = {names[id(p)] for g in model.param_groups(2, flags.parse_args([])) for p in g["params"]}
     assert "base.classifier.weight" in everything and "base.classifier.bias" in everything
 
 
 # ---------------------------------------------------------------- flags
 def test_recipe_preset_and_explicit_overrides():
-    paper = train.parse_args([])
+    paper = flags.parse_args([])
     assert (paper.train_relations, paper.noise_on, paper.negative_ratio, paper.loss_weights, paper.test_logits,
             paper.weight_decay, paper.classifier_layers) == ("pred", "all", 0, "1,1,0,1", "last", 0.0, 1)
-    authors = train.parse_args(["--recipe", "authors"])
-    for key, value in train.RECIPES["authors"].items():
+    authors = flags.parse_args(["--recipe", "authors"])
+    for key, value in flags.RECIPES["authors"].items():
         assert getattr(authors, key) == value
-    mixed = train.parse_args(["--recipe", "authors", "--negative_ratio", "3", "--test_logits", "last"])
+    mixed = flags.parse_args(["--recipe", "authors", "--negative_ratio", "3", "--test_logits", "last"])
     assert (mixed.negative_ratio, mixed.test_logits, mixed.train_relations) == (3, "last", "gold")
     # an explicit flag equal to the paper default still overrides the preset
-    assert train.parse_args(["--recipe", "authors", "--weight_decay", "0.0"]).weight_decay == 0.0
+    assert flags.parse_args(["--recipe", "authors", "--weight_decay", "0.0"]).weight_decay == 0.0
 
 
 @pytest.mark.parametrize("bad", ["1,1,1", "1,1,0,-1", "a,b,c,d"])
@@ -296,12 +297,12 @@ def test_describe_amp_says_why_auto_chose_and_warns_of_slow_cpu_kernels(monkeypa
 
 def test_train_warns_of_bf16_on_a_cpu_without_it(monkeypatch, tmp_path, capsys):
     helpers.cpu_instructions(monkeypatch)
-    args, _ = train.resolve_args(["--amp", "bf16", "--device", "cpu", "--dev_file", "dev.json",
+    args, _ = flags.resolve_args(["--amp", "bf16", "--device", "cpu", "--dev_file", "dev.json",
                                   "--save_path", str(tmp_path / "run")])
     out, err = capsys.readouterr()
     assert args.amp == "bf16" and "device cpu, precision: bf16 autocast\n" in out
     assert err.startswith("warning: --amp bf16 on a CPU without bf16 matrix instructions")
-    train.resolve_args(["--device", "cpu", "--dev_file", "dev.json", "--save_path", str(tmp_path / "run")])
+    flags.resolve_args(["--device", "cpu", "--dev_file", "dev.json", "--save_path", str(tmp_path / "run")])
     out, err = capsys.readouterr()
     assert "precision: fp32 (--amp auto: this CPU has no bf16 matrix instructions" in out and err == ""
 

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 import helpers
+import rundir
 import model as model_module
 import train
-import utils
+from flags import RUNTIME_KEYS
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -61,7 +62,7 @@ def last_line(text):
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch, where):
     path = tmp_path / "best.pt"
     old = {"model": {"w": torch.arange(5.0)}, "args": {"seed": 1}, "stage": 1, "epoch": 0}
-    train.save_checkpoint(str(path), old)
+    rundir.save_checkpoint(str(path), old)
     before = path.read_bytes()
 
     def boom(*a, **k):
@@ -73,10 +74,10 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch, wher
         monkeypatch.setattr(os, "fsync", boom)
     new = {"model": {"w": torch.zeros(5)}, "args": {"seed": 2}, "stage": 2, "epoch": 3}
     with pytest.raises(OSError, match="simulated"):
-        train.save_checkpoint(str(path), new)
+        rundir.save_checkpoint(str(path), new)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    loaded = train.load_checkpoint(str(path))
+    loaded = rundir.load_checkpoint(str(path))
     assert torch.equal(loaded["model"]["w"], torch.arange(5.0)) and loaded["epoch"] == 0
     assert sorted(os.listdir(tmp_path)) == ["best.pt"]  # no temporary file left behind
 
@@ -148,7 +149,7 @@ def test_signal_then_resume_matches_uninterrupted(env, reference_run, stage, sig
     for key in ("model", "optimizer", "scaler", "rng", "best", "loss_sum", "global_step", "lr_step"):
         assert key in last
     assert len(helpers.read_metrics(save)) == lines_before
-    assert not (save / utils.LOCK_FILE).exists()  # released on the way out
+    assert not (save / rundir.LOCK_FILE).exists()  # released on the way out
 
     proc = helpers.run_train(["--resume", str(save)])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -160,14 +161,14 @@ def test_stop_at_end_of_stage1_then_resume(env, reference_inproc, monkeypatch):
     """A signal during stage 1's last evaluation: last.pt is at the stage boundary; --resume runs stage 2
     with the RNG state of that moment, as the uninterrupted run did."""
     save = env["root"] / "boundary"
-    end_of_epoch = train.end_of_epoch
+    end_of_epoch = train.evaluate_epoch
 
     def signal_during_eval(run, model, stage, *rest):
         if stage == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by train.py's handler: sets a flag
         return end_of_epoch(run, model, stage, *rest)
 
-    monkeypatch.setattr(train, "end_of_epoch", signal_during_eval)
+    monkeypatch.setattr(train, "evaluate_epoch", signal_during_eval)
     assert train.cli(flags(env, save)) == 128 + signal.SIGTERM
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler was restored
@@ -191,7 +192,7 @@ def test_sigterm_during_final_predictions_then_resume(env, reference_inproc, tmp
     monkeypatch.undo()
     assert last_line(capsys.readouterr().err) == "error: interrupted by SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    assert not (save / utils.LOCK_FILE).exists() and not (save / "result.json").exists()
+    assert not (save / rundir.LOCK_FILE).exists() and not (save / "result.json").exists()
     assert train.cli(["--resume", str(save)]) == 0
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
     assert (save / "result.json").read_text() == (reference_inproc / "result.json").read_text()
@@ -253,7 +254,7 @@ def test_too_many_nonfinite_steps_stop_the_run(env, monkeypatch, capsys):
     assert rc == 1
     msg = last_line(capsys.readouterr().err)
     assert msg.startswith("error: stage 1 epoch 1: 2 non-finite steps in a row"), msg
-    last = train.load_checkpoint(str(save / "last.pt"))  # the state saved after epoch 0 (weights: best.pt's)
+    last = rundir.load_checkpoint(str(save / "last.pt"))  # the state saved after epoch 0 (weights: best.pt's)
     assert (last["stage"], last["epoch"], last["step_in_epoch"]) == (1, 1, 0)
     best = torch.load(save / "best.pt", weights_only=False)
     assert all(torch.equal(v, best["model"][k]) for k, v in last["model"].items())
@@ -272,7 +273,7 @@ def crafted_checkpoint(src, dst, **args):
     ckpt["args"].update(args)
     if "model_name_or_path" in args:  # the encoder then comes from that folder, not from the checkpoint
         ckpt.pop("encoder", None)
-    train.save_checkpoint(str(dst), ckpt)
+    rundir.save_checkpoint(str(dst), ckpt)
     return str(dst)
 
 
@@ -362,7 +363,7 @@ def test_bad_input_one_line_error(env, reference_inproc, tmp_path, capsys, case)
         assert word in errors[0], (word, errors[0])
     out = tmp_path / "out"  # nothing was trained, predicted or even created: the save path is left as it was
     assert not out.exists()
-    assert not (tmp_path / utils.LOCK_FILE).exists()
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
 
 
 def test_bad_input_subprocess_exit_status(env, tmp_path):
@@ -395,7 +396,7 @@ def test_existing_outputs_need_overwrite(env, reference_inproc, tmp_path, capsys
                       "--save_path", str(save), "--cache_dir", env["cache"]]) == 2
     assert "already holds result.json" in last_line(capsys.readouterr().err)
     assert snapshot(save) == before
-    assert not (save / utils.LOCK_FILE).exists()
+    assert not (save / rundir.LOCK_FILE).exists()
     # without last.pt there is nothing to resume: --resume is not suggested
     no_last = tmp_path / "no_last"
     shutil.copytree(save, no_last)
@@ -451,7 +452,7 @@ def always_predict(path, rel="P17"):
     for name in ("base.classifier.bias", "inference.classifier.bias"):
         ckpt["model"][name][rid] += 1000.0
         ckpt["model"][name][0] += 500.0  # the threshold class: above every other relation
-    train.save_checkpoint(str(path), ckpt)
+    rundir.save_checkpoint(str(path), ckpt)
 
 
 def test_predict_new_documents(env, reference_inproc, tmp_path):
@@ -504,11 +505,12 @@ def test_predict_documents_without_mention_names(env, reference_inproc, tmp_path
 
 # ---------------------------------------------------------------- a hard crash (SIGKILL) at the worst moments
 # train.py's command line in a subprocess that kills itself with SIGKILL (no handler runs, nothing is cleaned up)
-# before or after the first call of a train.py function that meets a condition on its arguments ``a`` and on
-# ``n``, the number of calls so far: the crash comes at exactly that point, however loaded the machine is.
-KILL_AT = ("import os, signal, sys, train\n"
-           "name, when, condition = sys.argv[1:4]\n"
-           "inner, calls = getattr(train, name), []\n"
+# before or after the first call of a function (of train.py or rundir.py) that meets a condition on its arguments
+# ``a`` and on ``n``, the number of calls so far: the crash comes at exactly that point, however loaded the
+# machine is.
+KILL_AT = ("import importlib, os, signal, sys, train\n"
+           "module, name, when, condition = importlib.import_module(sys.argv[1]), *sys.argv[2:5]\n"
+           "inner, calls = getattr(module, name), []\n"
            "def wrapped(*a):\n"
            "    calls.append(1)\n"
            "    hit = eval(condition, {'a': a, 'n': len(calls), 'os': os})\n"
@@ -518,8 +520,8 @@ KILL_AT = ("import os, signal, sys, train\n"
            "    if hit and when == 'after':\n"
            "        os.kill(os.getpid(), signal.SIGKILL)\n"
            "    return out\n"
-           "setattr(train, name, wrapped)\n"
-           "sys.exit(train.cli(sys.argv[4:]))\n")
+           "setattr(module, name, wrapped)\n"
+           "sys.exit(train.cli(sys.argv[5:]))\n")
 
 
 def last_pt_at(stage, epoch):
@@ -535,20 +537,20 @@ def best_pt_of(stage, epoch):
 
 # data8, 2 + 2 epochs of 4 optimiser steps (see reference_run)
 CRASHES = {
-    "between_steps": ("train_step", "after", "n == 6"),  # stage 1 epoch 1, after its second step
-    "after_eval_before_checkpoint": ("save_checkpoint", "before", last_pt_at(1, 1)),  # epoch evaluated
-    "after_best_pt": ("save_checkpoint", "after", best_pt_of(1, 0)),  # the first epoch's best.pt is written
-    "after_last_pt_at_stage_end": ("save_checkpoint", "after", last_pt_at(1, 2)),
-    "stage2_before_checkpoint": ("save_checkpoint", "before", last_pt_at(2, 1)),
-    "final_predictions": ("write_predictions", "before", "n == 1"),
+    "between_steps": ("train", "train_step", "after", "n == 6"),  # stage 1 epoch 1, after its second step
+    "after_eval_before_checkpoint": ("rundir", "save_checkpoint", "before", last_pt_at(1, 1)),  # epoch evaluated
+    "after_best_pt": ("rundir", "save_checkpoint", "after", best_pt_of(1, 0)),  # the first epoch's best.pt
+    "after_last_pt_at_stage_end": ("rundir", "save_checkpoint", "after", last_pt_at(1, 2)),
+    "stage2_before_checkpoint": ("rundir", "save_checkpoint", "before", last_pt_at(2, 1)),
+    "final_predictions": ("train", "write_predictions", "before", "n == 1"),
 }
 
 
 @pytest.mark.parametrize("crash", sorted(CRASHES))
 def test_sigkill_then_resume_matches_uninterrupted(env, reference_run, crash, capsys):
     save = env["root"] / f"kill_{crash}"
-    function, when, condition = CRASHES[crash]
-    cmd = [sys.executable, "-c", KILL_AT, function, when, condition,
+    module, function, when, condition = CRASHES[crash]
+    cmd = [sys.executable, "-c", KILL_AT, module, function, when, condition,
            *flags(env, save, data="data8", stage1=2, stage2=2)]
     proc = subprocess.run(cmd, cwd=helpers.ROOT, capture_output=True, text=True, env=helpers.subprocess_env(),
                           timeout=300)
@@ -565,12 +567,12 @@ def test_sigkill_then_resume_matches_uninterrupted(env, reference_run, crash, ca
     best, ref = (torch.load(p / "best.pt", weights_only=False) for p in (save, reference_run))
     assert (best["stage"], best["epoch"]) == (ref["stage"], ref["epoch"])
     assert all(torch.equal(v, ref["model"][k]) for k, v in best["model"].items())
-    assert not (save / utils.LOCK_FILE).exists()
+    assert not (save / rundir.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------- one run per save path (a lock file)
 def lock_of(save):
-    return json.loads((save / utils.LOCK_FILE).read_text())
+    return json.loads((save / rundir.LOCK_FILE).read_text())
 
 
 def test_second_run_on_a_busy_save_path_is_refused(env, tmp_path, capsys):
@@ -599,7 +601,7 @@ def test_second_run_on_a_busy_save_path_is_refused(env, tmp_path, capsys):
     assert first.returncode == 0, err[-3000:]
     # only the first run wrote: one line per epoch
     assert [(m["stage"], m["epoch"]) for m in helpers.read_metrics(save)] == [(1, 0), (2, 0)]
-    assert not (save / utils.LOCK_FILE).exists()
+    assert not (save / rundir.LOCK_FILE).exists()
 
 
 def test_lock_of_a_dead_process_is_taken_over(env, reference_inproc, tmp_path, capsys):
@@ -607,19 +609,19 @@ def test_lock_of_a_dead_process_is_taken_over(env, reference_inproc, tmp_path, c
     save.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # exited and reaped: no such process any more
-    (save / utils.LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+    (save / rundir.LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
                                                     "started": "2024-01-01T00:00:00"}))
     assert train.cli(flags(env, save)) == 0
     warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and f"process {pid}" in warnings[0] and "no longer running" in warnings[0]
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
-    assert not (save / utils.LOCK_FILE).exists()
+    assert not (save / rundir.LOCK_FILE).exists()
     # a lock of another machine cannot be checked: it is respected
-    (save / utils.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
+    (save / rundir.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
                                                     "started": "2024-01-01T00:00:00"}))
     assert train.cli(flags(env, save, "--overwrite")) == 2
     msg = last_line(capsys.readouterr().err)
-    assert "process 1 on elsewhere.example, started 2024-01-01T00:00:00" in msg and utils.LOCK_FILE in msg
+    assert "process 1 on elsewhere.example, started 2024-01-01T00:00:00" in msg and rundir.LOCK_FILE in msg
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
 
 
@@ -698,7 +700,7 @@ def test_full_disk_one_line_error_and_resume(env, reference_inproc, tmp_path, mo
     # previous best.pt, which last.pt may still refer to, may be)
     assert not [k for k in after if k.endswith(".tmp")]
     assert {k: v for k, v in after.items() if not k.startswith(".")} == \
-        {k: v for k, v in kept.items() if not k.startswith(".") and k != utils.LOCK_FILE}
+        {k: v for k, v in kept.items() if not k.startswith(".") and k != rundir.LOCK_FILE}
     assert train.cli(["--resume", str(save)]) == 0
     assert helpers.read_metrics(save) == helpers.read_metrics(reference_inproc)
     assert (save / "result.json").read_text() == (reference_inproc / "result.json").read_text()
@@ -768,7 +770,7 @@ def test_resume_refuses_flags_that_change_the_run(env, reference_inproc, tmp_pat
     msg = last_line(capsys.readouterr().err)
     assert msg.startswith(f"error: --resume {save} continues the run as it was started; these flags would change "
                           f"it: --seed, --train_batch_size (only "), msg
-    assert all(f"--{k}" in msg for k in train.RUNTIME_KEYS)
+    assert all(f"--{k}" in msg for k in RUNTIME_KEYS)
     assert snapshot(save) == before
     # the value the run was started with is no change
     assert train.cli(["--resume", str(save), "--seed", "7", "--threads", "1"]) == 0
@@ -780,7 +782,7 @@ def test_resume_accepts_runtime_flags(env, tmp_path):
     assert train.cli(flags(env, save, stage2=0)) == 0  # a finished stage 1 ...
     last = torch.load(save / "last.pt", weights_only=False)
     last["args"]["stage2_epochs"] = 1  # ... that was to be followed by a stage 2
-    train.save_checkpoint(str(save / "last.pt"), last)
+    rundir.save_checkpoint(str(save / "last.pt"), last)
     assert train.cli(["--resume", str(save), "--num_workers", "1", "--threads", "1", "--log_every", "1",
                       "--device", "cpu"]) == 0
     saved = json.loads((save / "args.json").read_text())

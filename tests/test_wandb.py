@@ -83,16 +83,16 @@ def test_resume_continues_the_same_run(env, monkeypatch):
     rec = Recorder()
     monkeypatch.setattr(wandb, "init", rec.init)
     save = env["root"] / "resumed"
-    end_of_epoch = train.end_of_epoch
+    end_of_epoch = train.evaluate_epoch
 
     def stop_after_stage1(run, model, stage, pos, *rest):
         if stage == 1 and pos.epoch == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by train.py: stop at the stage boundary
         return end_of_epoch(run, model, stage, pos, *rest)
 
-    monkeypatch.setattr(train, "end_of_epoch", stop_after_stage1)
+    monkeypatch.setattr(train, "evaluate_epoch", stop_after_stage1)
     assert train.cli(flags(env, save)) == 128 + signal.SIGTERM
-    monkeypatch.setattr(train, "end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(train, "evaluate_epoch", end_of_epoch)
     assert rec.finished == [128 + signal.SIGTERM]
     first_id = rec.inits[0]["id"]
     assert train.cli(["--resume", str(save)]) == 0

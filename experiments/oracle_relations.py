@@ -1,7 +1,7 @@
 """Can the inference module combine stated facts when it is given them right? A diagnostic for the synthetic
 mechanism test (scripts/make_demo_data.py).
 
-    python scripts/oracle_relations.py --checkpoint runs/demo/best.pt [more best.pt ...] \
+    python experiments/oracle_relations.py --checkpoint runs/demo/best.pt [more best.pt ...] \
         --gold dataset/demo/dev.json [--json OUT]
 
 The first pass normally reads R_0 = decode(base logits). Here it reads the gold relations of the stated facts
@@ -20,8 +20,8 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]  # scripts/: demo_report
 import demo_report  # noqa: E402
 import evaluation  # noqa: E402
 import predict  # noqa: E402

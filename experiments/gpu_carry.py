@@ -1,11 +1,12 @@
 """Prepare the folder that travels to a GPU machine with no ../shared and no package registry: the Re-DocRED
 mini split and an fp16 copy of an encoder (about 44 MB; train.py loads it back in float32).
 
-Usage: python bench/gpu_carry.py [--out .gpu]                 the bundled encoder (bench/gpu_suite.sh,
-                                                             scripts/whole_runs_gpu.sh)
-       python bench/gpu_carry.py --stage1 RUN/best_stage1.pt  a trained stage 1 (scripts/evidence.sh on a GPU):
-                                                             its encoder in fp16, its base head in fp32
-       python bench/gpu_carry.py --rebuild .gpu/stage1.pt    on the GPU machine: the stage-1 checkpoint again
+Usage: python experiments/gpu_carry.py [--out .gpu]                 the bundled encoder (bench/gpu_suite.sh,
+                                                                  experiments/runner.py --device gpu)
+       python experiments/gpu_carry.py --stage1 RUN/best_stage1.pt  a trained stage 1 (stage-2 runs from it on a
+                                                                  GPU): its encoder in fp16, its base head in fp32
+       python experiments/gpu_carry.py --rebuild .gpu/stage1.pt     on the GPU machine: the stage-1 checkpoint again
+                                                                  (experiments/runner.py does it when it is missing)
 Layout: .gpu/redocred/{train_mini,dev_mini}.json, .gpu/encoder/{config.json, model.safetensors, tokenizer files},
 with --stage1 also .gpu/stage1_head.pt. A whole stage-1 checkpoint in fp32 (91 MB) would not fit the 64 MiB
 that travels; in fp16 its encoder is rounded to about 3 significant digits (stated where its runs are reported).
@@ -15,10 +16,10 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  (puts the repository root on sys.path)
+import torch
 
-import torch  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 ENCODER = "base.encoder.encoder."  # the encoder's weights in a DocREModel state dict
@@ -65,8 +66,8 @@ def rebuild_stage1(path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join(common.ROOT, ".gpu"))
-    p.add_argument("--data", default=os.path.join(common.ROOT, "..", "shared", "data", "redocred"))
+    p.add_argument("--out", default=os.path.join(ROOT, ".gpu"))
+    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "redocred"))
     p.add_argument("--stage1", default=None, help="a stage-1 checkpoint to carry instead of the bundled encoder")
     p.add_argument("--rebuild", default=None, help="write the carried stage-1 checkpoint to this path")
     a = p.parse_args()

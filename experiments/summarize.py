@@ -1,13 +1,13 @@
 """Mean ± std of the scores of several runs (e.g. seeds), as markdown tables (the paper reports dev mean ± std
 over 5 seeds).
 
-    python scripts/summarize.py runs/seed1 runs/seed2 runs/seed3            one group: full model and base module
-    python scripts/summarize.py "full=runs/a1,runs/a2" "w/o fusion=runs/b1,runs/b2" --model full
+    python experiments/summarize.py runs/seed1 runs/seed2 runs/seed3            one group: full model and base module
+    python experiments/summarize.py "full=runs/a1,runs/a2" "w/o fusion=runs/b1,runs/b2" --model full
                                                                            one row per group (Table 4)
-    python scripts/summarize.py --split test "CDR=runs/cdr_s1,runs/cdr_s2"  test scores from eval_scores.json
-    python scripts/summarize.py --by_k "N_I 2=runs/a/eval_k4" "N_I 1=runs/b/eval_k4"
+    python experiments/summarize.py --split test "CDR=runs/cdr_s1,runs/cdr_s2"  test scores from eval_scores.json
+    python experiments/summarize.py --by_k "N_I 2=runs/a/eval_k4" "N_I 1=runs/b/eval_k4"
                                                                            F1 after each pass k (Table 2)
-    python scripts/summarize.py --by_epoch 2 "control=runs/c1,runs/c2" "full=runs/a1,runs/a2"
+    python experiments/summarize.py --by_epoch 2 "control=runs/c1,runs/c2" "full=runs/a1,runs/a2"
                                                               dev F1 after every epoch of a stage, full minus control
 
 A group is LABEL=RUN[,RUN...]; plain RUN arguments form one unlabelled group. A run is a --save_path folder.
@@ -20,7 +20,7 @@ the run's eval_scores.json: "test" and, for the base module, pass 0 of "test_by_
 stage 2; with --model base "dev_base", the base module's of the same epochs), with no checkpoint selection;
 each group after the first also gets a row of its paired differences to the first (runs paired by position,
 e.g. by seed), with a 95% interval from a bootstrap over the pairs alone: the dev documents stay fixed, so it
-is narrower than scripts/bootstrap.py's seeds x documents interval.
+is narrower than experiments/bootstrap.py's seeds x documents interval.
 """
 import argparse
 import json

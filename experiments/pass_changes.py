@@ -1,7 +1,7 @@
 """What each inference pass changes (the paper's "easy-to-hard" reading of Fig. 2): from pass k to pass k + 1, how
 many entity pairs change their predicted relations, and how many triples each change fixes or breaks.
 
-    python scripts/pass_changes.py --gold dataset/redocred/dev_mini.json RUN/eval_k4 [RUN2/eval_k4 ...]
+    python experiments/pass_changes.py --gold dataset/redocred/dev_mini.json RUN/eval_k4 [RUN2/eval_k4 ...]
         [--json out.json] [--plot out.png]
 
 A RUN folder holds the dev predictions of one evaluation after every pass: dev_result_k0.json (the base module),

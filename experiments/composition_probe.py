@@ -1,8 +1,8 @@
 """Can the inference module learn to combine two stated facts into a third? A learnability check for the
-synthetic mechanism test (scripts/make_demo_data.py), after scripts/oracle_relations.py found the trained
+synthetic mechanism test (scripts/make_demo_data.py), after experiments/oracle_relations.py found the trained
 module at chance on the never-stated facts even when its first pass reads the stated facts exactly right.
 
-    python scripts/composition_probe.py --checkpoint runs/f/paper/s1/best.pt --train dataset/demo/train.json \
+    python experiments/composition_probe.py --checkpoint runs/f/paper/s1/best.pt --train dataset/demo/train.json \
         --dev dataset/demo/dev.json [--epochs 30] [--lr 1e-3] [--reinit] [--seed 1] [--json OUT]
 
 The checkpoint's base module is frozen and its features are computed once. Its inference module (as trained, or
@@ -25,8 +25,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]  # scripts/: demo_report
 import demo_report  # noqa: E402
 import evaluation  # noqa: E402
 import oracle_relations  # noqa: E402

@@ -1,10 +1,10 @@
 """Training curves and the paper's Figure 5 analysis, as PNG files.
 
-    python scripts/plot.py curves runs/x [runs/y ...] --out docs/curves.png
-    python scripts/plot.py curves runs/full runs/no_cl --stage1 runs/stage1 --out docs/curves.png
-    python scripts/plot.py weights --with runs/simsiam/best.pt --without runs/nocl/best.pt --out docs/fig5.png
-    python scripts/plot.py halves runs/a/best.pt [runs/b/best.pt ...]      (the numbers only, no plot)
-    python scripts/plot.py epochs --stage 1 "16 epochs=runs/a/s66,runs/a/s67" "32 epochs=runs/b/s66,runs/b/s67"
+    python experiments/plot.py curves runs/x [runs/y ...] --out docs/curves.png
+    python experiments/plot.py curves runs/full runs/no_cl --stage1 runs/stage1 --out docs/curves.png
+    python experiments/plot.py weights --with runs/simsiam/best.pt --without runs/nocl/best.pt --out docs/fig5.png
+    python experiments/plot.py halves runs/a/best.pt [runs/b/best.pt ...]      (the numbers only, no plot)
+    python experiments/plot.py epochs --stage 1 "16 epochs=runs/a/s66,runs/a/s67" "32 epochs=runs/b/s66,runs/b/s67"
 
 `curves`: train loss and dev F1 per epoch over both stages (stage 2 continues the x axis; its dev F1
 is the full model's, and the base module's F1 of the same epochs is drawn dashed). --stage1 RUN: the runs are
@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from summarize import group_epoch_scores, parse_groups, read_metrics  # noqa: E402  (scripts/ is on the path)
+from summarize import group_epoch_scores, parse_groups, read_metrics  # noqa: E402  (experiments/ is on the path)
 
 
 def plot_curves(runs, out, stage1=None):

@@ -1,10 +1,10 @@
 """Time preprocessing of one file with the bundled tokenizer, cold (empty cache) and warm (from cache).
 
-Usage: python bench/prepro.py [--file PATH] [--dataset docred|cdr|gda] [--repeat 3] [--max_seq_length 1024]
+Usage: python bench/feature_cache.py [--file PATH] [--dataset docred|cdr|gda] [--repeat 3] [--max_seq_length 1024]
 
 Default file: ../shared/data/redocred/train_mini.json next to the checkout, or,
 where that is missing, 400 synthetic DocRED-format documents written to a
-temporary folder. Prints a table and writes bench/results/prepro.json.
+temporary folder. Prints a table and writes bench/results/feature_cache.json.
 """
 import argparse
 import gc
@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository root on sys.path)
 
 import prepro  # noqa: E402
+import rundir  # noqa: E402
 import utils  # noqa: E402
 
 ROOT = common.ROOT
@@ -48,7 +49,7 @@ def main():
             path, source = DEFAULT_FILE, "redocred/train_mini.json"
         elif path is None:
             path, source = os.path.join(scratch, "synthetic.json"), "synthetic (400 docs)"
-            utils.atomic_write_json(path, common.synthetic_documents(400))
+            rundir.atomic_write_json(path, common.synthetic_documents(400))
         load_s, tokenizer = timed(lambda: prepro.load_tokenizer(utils.default_model_path(), "bert"))
 
         def load(cache_dir):
@@ -76,8 +77,8 @@ def main():
         "cold_docs_per_s": n_docs / min(cold), "warm_docs_per_s": n_docs / min(warm),
         "python": platform.python_version(), "cpu_count": os.cpu_count(), "prepro_version": prepro.PREPRO_VERSION,
     }
-    out = os.path.join(ROOT, "bench", "results", "prepro.json")
-    utils.atomic_write_json(out, result, indent=1)
+    out = os.path.join(ROOT, "bench", "results", "feature_cache.json")
+    rundir.atomic_write_json(out, result, indent=1)
     print(f"wrote {out}")
 
 
