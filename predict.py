@@ -189,7 +189,7 @@ class Predictor:
             raise UsageError(f"{path} was written by an older version (no --{e.name}): evaluate it with "
                              f"train.py --evaluate_only --load_path {path}, which fills in the defaults") from e
         # A stage-1 checkpoint is used for its base module only (K = 0): the inference module it may store is
-        # untrained, and one written for another machine (bench/gpu_carry.py) stores none.
+        # untrained, and one written for another machine (experiments/gpu_carry.py) stores none.
         load_weights(model, ckpt["model"], path, "base." if ckpt.get("stage") == 1 else "")
         model.to(device).eval()
         return cls(model, tokenizer, args, id2rel, device, resolve_amp(amp, device.type), k, batch_size)
