@@ -108,7 +108,7 @@ def test_predictor_batching_and_k(env):
 
 def test_stage1_checkpoint_without_inference_weights(env, tmp_path):
     """A stage-1 checkpoint is evaluated with its base module only (K = 0), so one that stores no inference
-    module (bench/gpu_carry.py's copy for another machine) predicts exactly what the whole one does."""
+    module (experiments/gpu_carry.py's copy for another machine) predicts exactly what the whole one does."""
     ckpt = torch.load(env["stage1"], weights_only=True)
     assert any(k.startswith("inference.") for k in ckpt["model"])
     ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k.startswith("base.")}
