@@ -244,8 +244,11 @@ class BaseModule(nn.Module):
         if self.pair_form == "fnn":
             return self.pair_fnn(torch.cat([zs, zo], dim=-1))
         k = self.block_size
-        # [P, e/k, k, 1] * [P, e/k, 1, k] -> [P, e/k, k, k] -> [P, e * k]
-        blocks = zs.unflatten(-1, (-1, k)).unsqueeze(-1) * zo.unflatten(-1, (-1, k)).unsqueeze(-2)
+        # [P, e/k, k, 1] @ [P, e/k, 1, k] -> [P, e/k, k, k] -> [P, e * k]. A product over an inner dimension of 1
+        # gives the elementwise products, bit for bit, and its backward pass is two batched matrix-vector
+        # products that read the [P, e * k] gradient once; the broadcast multiply's backward writes two more
+        # [P, e * k] tensors and reduces them (twice the time for the pair features, docs/PERFORMANCE.md section 6).
+        blocks = zs.unflatten(-1, (-1, k)).unsqueeze(-1) @ zo.unflatten(-1, (-1, k)).unsqueeze(-2)
         return self.pair_fnn(blocks.flatten(1))
 
     def forward(self, input_ids, attention_mask, mention_pos, mention_mask, pairs):

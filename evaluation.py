@@ -40,13 +40,12 @@ all candidate pairs, without ATLOP's 1e-5 smoothing.
 Command line: python evaluation.py --pred PRED.json --gold GOLD.json [--train TRAIN.json]
 prints one JSON object of scores; errors print one "error: ..." line and exit with status 2.
 """
-import argparse
 import json
 import sys
 
 import numpy as np
 
-from utils import DataError
+from utils import ArgumentParser, DataError, run_cli
 
 
 def loads_json(raw):
@@ -371,24 +370,25 @@ def bio_scores(preds, features):
             "num_pred": num_pred, "num_gold": num_gold, "num_correct": tp}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Score a DocRED CodaLab submission (result.json).")
+def score_files(argv=None):
+    parser = ArgumentParser(prog="evaluation.py", description="Score a DocRED CodaLab submission (result.json).")
     parser.add_argument("--pred", required=True, help="submission: JSON list of {title,h_idx,t_idx,r}")
     parser.add_argument("--gold", required=True, help="labelled gold documents (DocRED JSON)")
     parser.add_argument("--train", help="train documents, for Ign F1 (without it Ign F1 equals F1)")
     args = parser.parse_args(argv)
-    try:
-        scores = docred_scores(load_docs(args.pred), load_docs(args.gold),
-                               load_docs(args.train) if args.train else None,
-                               pred_path=args.pred, gold_path=args.gold, train_path=args.train)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    scores = docred_scores(load_docs(args.pred), load_docs(args.gold), load_docs(args.train) if args.train else None,
+                           pred_path=args.pred, gold_path=args.gold, train_path=args.train)
     first = ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")
     ordered = {k: scores[k] for k in first}
     ordered.update(scores)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in ordered.items()}))
     return 0
+
+
+def main(argv=None):
+    """The command line: the scores as one JSON object; expected failures end with one `error:` line and their
+    status (utils.run_cli)."""
+    return run_cli(score_files, argv)
 
 
 if __name__ == "__main__":

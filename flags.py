@@ -5,14 +5,16 @@ K = 3, N_I = 2), the --recipe presets, and how a run's settings are resolved aga
   python train.py --recipe authors       the authors' reading of stage 2 (docs/FAITHFULNESS.md); explicit flags win
 """
 import argparse
+import math
+import numbers
 import os
 import sys
 
 import torch
 
-from model import parse_loss_weights
+from model import lr_flags, parse_loss_weights
 from rundir import load_checkpoint
-from utils import UsageError, describe_amp, resolve_amp
+from utils import AMP_MODES, ArgumentParser, UsageError, describe_amp, resolve_amp
 
 # Flags that define the base module / the inference module. A checkpoint records them; --load_path and
 # --evaluate_only take them from it (stage 2 from a stage-1 checkpoint takes only the base ones, so the
@@ -29,10 +31,25 @@ RECIPES = {"paper": {}, "authors": {
     "train_relations": "gold", "relation_input": "multihot", "noise_on": "sampled", "negative_ratio": 5,
     "loss_weights": "5,5,5,1", "contrastive_target": "stopgrad", "test_logits": "sum", "rel_emb_init": "xavier",
     "classifier_layers": 2, "weight_decay": 1e-4, "stage2_base_params": "encoder"}}
+# The range of every numeric flag but those with choices: (lowest, highest, which ends are in it: "[]" both, "[)"
+# the lowest, "(]" the highest). validate_args refuses a value outside it, NaN and infinities as well.
+AT_LEAST_0, AT_LEAST_1, ABOVE_0, SHARE = (0, math.inf, "[]"), (1, math.inf, "[]"), (0, math.inf, "(]"), (0, 1, "[]")
+RANGES = {
+    "max_train_docs": AT_LEAST_0, "max_eval_docs": AT_LEAST_0, "max_seq_length": AT_LEAST_1, "emb_size": AT_LEAST_0,
+    "block_size": AT_LEAST_1, "encoder_window": AT_LEAST_0, "num_inference_layers": AT_LEAST_1,
+    "num_iterations": AT_LEAST_0, "inference_dim": AT_LEAST_1, "eca_heads_per_line": AT_LEAST_1,
+    "dropout": (0, 1, "[)"), "train_batch_size": AT_LEAST_1, "test_batch_size": AT_LEAST_1,
+    "gradient_accumulation_steps": AT_LEAST_1, "num_labels": AT_LEAST_0, "stage1_epochs": AT_LEAST_0,
+    "encoder_lr": AT_LEAST_0, "classifier_lr": AT_LEAST_0, "stage2_epochs": AT_LEAST_0, "stage2_base_lr": AT_LEAST_0,
+    "inference_lr": AT_LEAST_0, "noise_max": SHARE, "temperature": ABOVE_0, "negative_ratio": AT_LEAST_0,
+    "withhold_max": SHARE, "warmup_ratio": SHARE, "adam_epsilon": AT_LEAST_0, "weight_decay": AT_LEAST_0,
+    "max_grad_norm": AT_LEAST_0, "max_bad_steps": AT_LEAST_1,
+    "seed": (0, 2 ** 31, "[)"),  # numpy takes seeds below 2**32; the run adds up to a few thousand to it
+    "num_workers": AT_LEAST_0, "threads": AT_LEAST_0, "log_every": AT_LEAST_1}
 
 # ---------------------------------------------------------------- flags
 def build_parser():
-    p = argparse.ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train DocRE-II (stage 1: base module; stage 2: whole model), then predict "
                                             "and score dev/test. Defaults are the paper's (Table 7, DocRED / BERT-base;"
                                             " K = 3, N_I = 2).")
@@ -75,7 +92,7 @@ def build_parser():
     a("--train_batch_size", type=int, default=8)
     a("--test_batch_size", type=int, default=16)
     a("--gradient_accumulation_steps", type=int, default=1)
-    a("--num_labels", type=int, default=4, help="at most this many relations per pair (CDR/GDA: 1)")
+    a("--num_labels", type=int, default=4, help="at most this many relations per pair (0 = no limit; CDR/GDA: 1)")
     a("--stage1_epochs", type=int, default=30)
     a("--encoder_lr", type=float, default=5e-5)
     a("--classifier_lr", type=float, default=1e-4)
@@ -129,14 +146,21 @@ def build_parser():
            "continue training); best = best.pt only")
     a("--evaluate_only", action="store_true")
     a("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    a("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+    a("--amp", choices=AMP_MODES, default="auto",
       help="autocast: auto = bf16 on GPUs and CPUs with bf16 matrix units, else none (fp32)")
-    a("--num_workers", type=int, default=0)
-    a("--threads", type=int, default=0, help="CPU intra-op threads (0 = torch's default); 1 on a shared machine")
+    a("--num_workers", type=int, default=0, help="data-loading processes (0 = none: the main process loads)")
+    a("--threads", type=int, default=0,
+      help="CPU threads (0 = torch's default less the cores busy with other work at start, at least 1)")
     a("--log_every", type=int, default=50, help="steps between progress-bar loss updates")
     a("--wandb", action="store_true", help="log to Weights & Biases (respects WANDB_MODE)")
     a("--wandb_project", default="docre-ii")
     return p
+
+
+def with_defaults(saved):
+    """The flags a run or a checkpoint recorded, with today's default for each one it lacks (it was written before
+    that flag existed; each new flag's default keeps what runs did before it)."""
+    return argparse.Namespace(**{**vars(build_parser().parse_args([])), **saved})
 
 
 def parse_args(argv=None):
@@ -171,8 +195,8 @@ def resolve_args(argv):
     ckpt = None
     if args.resume:
         ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
-        saved = dict(ckpt["args"])
-        changed = sorted(k for k in given - set(RUNTIME_KEYS) - {"resume"} if getattr(args, k) != saved.get(k))
+        saved = vars(with_defaults(ckpt["args"]))
+        changed = sorted(k for k in given - set(RUNTIME_KEYS) - {"resume"} if getattr(args, k) != saved[k])
         if changed:
             raise UsageError(f"--resume {args.resume} continues the run as it was started; these flags would "
                              f"change it: {', '.join('--' + k for k in changed)} (only "
@@ -209,51 +233,61 @@ def resolve_args(argv):
     return args, ckpt
 
 
+def check_range(name, value, low, high=math.inf, ends="[]", integer=False):
+    """A UsageError naming ``name`` (a flag, or an argument of the Python API) unless ``value`` is a finite number
+    (an integer where ``integer``; a bool is neither) from low to high, each end in the range or not as ``ends``
+    says (RANGES)."""
+    if not isinstance(value, numbers.Integral if integer else numbers.Real) or isinstance(value, bool) or \
+            not (isinstance(value, numbers.Integral) or math.isfinite(value)):
+        raise UsageError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
+    if value < low or value > high or (value == low and ends[0] == "(") or (value == high and ends[1] == ")"):
+        where = (">= " if ends[0] == "[" else "> ") + str(low) if high == math.inf else \
+            f"in {ends[0]}{low}, {high}{ends[1]}"
+        raise UsageError(f"{name} must be {where}, got {value}")
+
+
 def validate_args(args):
-    """Out-of-range flags end the run before anything is written."""
-    checks = [("encoder_lr", 0), ("classifier_lr", 0), ("stage2_base_lr", 0), ("inference_lr", 0),
-              ("num_iterations", 0), ("stage1_epochs", 0), ("stage2_epochs", 0), ("warmup_ratio", 0),
-              ("adam_epsilon", 0), ("max_grad_norm", 0), ("max_train_docs", 0),
-              ("max_eval_docs", 0), ("emb_size", 0), ("encoder_window", 0), ("weight_decay", 0), ("threads", 0),
-              ("num_workers", 0)]
-    for name, low in checks:
-        if getattr(args, name) < low:
-            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    for name in ("train_batch_size", "test_batch_size", "gradient_accumulation_steps", "num_inference_layers",
-                 "inference_dim", "eca_heads_per_line", "max_seq_length", "log_every", "max_bad_steps",
-                 "block_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("noise_max", "withhold_max"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise UsageError(f"--{name} must be in [0, 1], got {getattr(args, name)}")
-    if not 0 <= args.dropout < 1:
-        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.warmup_ratio > 1:
-        raise UsageError(f"--warmup_ratio must be <= 1, got {args.warmup_ratio}")
-    if args.temperature <= 0:
-        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    """Out-of-range flags, and settings under which a stage would train nothing, end the run before anything is
+    written."""
+    for name, (low, high, ends) in RANGES.items():
+        check_range(f"--{name}", getattr(args, name), low, high, ends)
     try:
         parse_loss_weights(args.loss_weights)
     except ValueError as e:
         raise UsageError(f"--loss_weights: {e}") from e
-    if args.negative_ratio < 0:
-        raise UsageError(f"--negative_ratio must be >= 0, got {args.negative_ratio}")
     if args.inference_dim % (4 * args.eca_heads_per_line):
         raise UsageError(f"--inference_dim {args.inference_dim} must be divisible by 4 x --eca_heads_per_line")
-    if not 0 <= args.seed < 2 ** 31:  # numpy takes seeds below 2**32; the run adds up to a few thousand to it
-        raise UsageError(f"--seed must be in [0, 2**31), got {args.seed}")
     if args.evaluate_only and not args.load_path:
         raise UsageError("--evaluate_only needs --load_path CHECKPOINT")
     if not args.evaluate_only and not args.resume:
-        # The base module is trained by stage 1, or comes trained from --load_path.
-        no_stage1 = bool(args.skip_stage1 or args.load_path or args.stage1_epochs == 0)
-        if no_stage1 and args.stage2_epochs == 0:
-            why = "--stage1_epochs and --stage2_epochs are both 0" if args.stage1_epochs == 0 else \
-                f"--stage2_epochs is 0 and {'--skip_stage1' if args.skip_stage1 else '--load_path'} skips stage 1"
-            raise UsageError(f"nothing to train: {why}")
-        if args.freeze_base and no_stage1 and not args.load_path:
-            raise UsageError("--freeze_base would keep the base module as initialised: nothing trains it before "
-                             "stage 2 (--skip_stage1 or --stage1_epochs 0, and no --load_path)")
+        check_training(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
+
+
+def check_training(args):
+    """Every stage that runs must be able to change the model: some epochs, a learning rate above 0, a loss of
+    weight above 0, gradients not clipped to 0."""
+    # The base module is trained by stage 1, or comes trained from --load_path.
+    no_stage1 = bool(args.skip_stage1 or args.load_path or args.stage1_epochs == 0)
+    if no_stage1 and args.stage2_epochs == 0:
+        why = "--stage1_epochs and --stage2_epochs are both 0" if args.stage1_epochs == 0 else \
+            f"--stage2_epochs is 0 and {'--skip_stage1' if args.skip_stage1 else '--load_path'} skips stage 1"
+        raise UsageError(f"nothing to train: {why}")
+    if args.freeze_base and no_stage1 and not args.load_path:
+        raise UsageError("--freeze_base would keep the base module as initialised: nothing trains it before "
+                         "stage 2 (--skip_stage1 or --stage1_epochs 0, and no --load_path)")
+    if args.max_grad_norm == 0:
+        raise UsageError("--max_grad_norm 0 would clip every gradient to 0: nothing would train")
+    for stage in ([] if no_stage1 else [1]) + ([2] if args.stage2_epochs else []):
+        rates = lr_flags(stage, args)
+        if not any(getattr(args, flag) for flag in rates):
+            frozen = "; --freeze_base keeps the base module as it is" if stage == 2 and args.freeze_base else ""
+            raise UsageError(f"stage {stage} would train nothing: every learning rate it uses is 0 "
+                             f"({', '.join('--' + flag for flag in rates)}{frozen})")
+    base, view_a, view_b, contrastive = parse_loss_weights(args.loss_weights)
+    if args.stage2_epochs and not (base and not args.freeze_base or view_a or view_b
+                                   or contrastive and args.contrastive != "none"):
+        raise UsageError(f"stage 2 would train nothing: --loss_weights {args.loss_weights} gives weight 0 to every "
+                         f"loss it has (base AT unless --freeze_base, view-A AT, view-B AT, contrastive unless "
+                         f"--contrastive none)")

@@ -191,6 +191,8 @@ class InferenceModule(nn.Module):
         scores of passes 1..K: each pass's logits, or with ``accumulate`` the base logits plus the logits of every
         pass so far (the authors' test-time score). ``first_input`` [P, C], when given, is decoded for the first
         pass instead of the base logits (a diagnostic: experiments/oracle_relations.py)."""
+        if not passes:  # K = 0 (stage 1's dev scores, --num_iterations 0): no layer input to prepare
+            return []
         f0 = self.reduce(feats)
         fixed = self.layers[0].fixed(f0) if len(self.layers) else None
         out = []

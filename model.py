@@ -12,6 +12,7 @@ flags.py), and the one of the authors' code (--recipe authors): relations built 
 the positives and on a sample of negatives, losses on those pairs only, weights 5 : 5 : 5 : 1, a one-sided
 contrastive target, and the sum of every pass's logits as the test-time score.
 """
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -129,9 +130,18 @@ def parse_loss_weights(text):
         weights = tuple(float(x) for x in text.split(","))
     except ValueError:
         weights = ()
-    if len(weights) != 4 or min(weights) < 0:
-        raise ValueError(f"4 non-negative numbers (base, view A, view B, contrastive) expected, got {text!r}")
+    if len(weights) != 4 or not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"4 finite non-negative numbers (base, view A, view B, contrastive) expected, got {text!r}")
     return weights
+
+
+def lr_flags(stage, args):
+    """The flags of the learning rates of a stage's parameter groups, in DocREModel.param_groups' order."""
+    if stage == 1:
+        return ["encoder_lr", "classifier_lr"]
+    if args.freeze_base:
+        return ["inference_lr"]
+    return ["inference_lr"] + (["encoder_lr", "classifier_lr"] if args.skip_stage1 else ["stage2_base_lr"])
 
 
 def build_model(args, num_class, encoder, start_ids, end_ids):
@@ -201,17 +211,16 @@ class DocREModel(nn.Module):
         head = [p for p in self.base.parameters() if id(p) not in enc_ids]
         rest = [p for n, p in self.named_parameters() if not n.startswith("base.")]
         if stage == 1:
-            groups = [(enc, args.encoder_lr), (head, args.classifier_lr)]
+            groups = [enc, head]
+        elif args.freeze_base:
+            groups = [rest]
+        elif args.skip_stage1:
+            groups = [rest, enc, head]
         else:
-            groups = [(rest, args.inference_lr)]
-            if not args.freeze_base:
-                if args.skip_stage1:
-                    groups += [(enc, args.encoder_lr), (head, args.classifier_lr)]
-                else:
-                    groups += [(enc + head if args.stage2_base_params == "all" else enc, args.stage2_base_lr)]
-        return [{"params": [p for p in params if (p.dim() >= 2) == decay], "lr": lr,
+            groups = [rest, enc + head if args.stage2_base_params == "all" else enc]
+        return [{"params": [p for p in params if (p.dim() >= 2) == decay], "lr": getattr(args, flag),
                  "weight_decay": args.weight_decay if decay else 0.0}
-                for params, lr in groups for decay in (True, False)]
+                for params, flag in zip(groups, lr_flags(stage, args), strict=True) for decay in (True, False)]
 
     def set_trainable(self, groups):
         """Only the parameters being optimised, and reached by the stage's loss, require grad, so that DDP
@@ -379,7 +388,13 @@ def tokenizer_and_model(args, num_class, ckpt=None):
     or hub needed), else from --model_name_or_path (default: the bundled encoder), with pre-trained weights."""
     record = (ckpt or {}).get("encoder")
     if record is None:
-        tokenizer = prepro.load_tokenizer(encoder_path(args.model_name_or_path), args.transformer_type)
+        path = encoder_path(args.model_name_or_path)
+        try:
+            tokenizer = prepro.load_tokenizer(path, args.transformer_type)
+        except UsageError:
+            raise
+        except ValueError as e:  # e.g. no tokenizer file that the fast tokenizer can be built from
+            raise UsageError(f"--model_name_or_path {path}: cannot load its tokenizer ({first_line(e)})") from e
         return tokenizer, load_model(args, num_class, tokenizer)
     tokenizer = tokenizer_from_record(record, args.transformer_type)
     start = [tokenizer.cls_token_id]
@@ -390,6 +405,26 @@ def tokenizer_and_model(args, num_class, ckpt=None):
 # --transformer_type of the encoder families whose config.json model_type says which one they are.
 TOKENIZER_FAMILY = {"bert": "bert", "distilbert": "bert", "electra": "bert", "roberta": "roberta",
                     "xlm-roberta": "roberta", "camembert": "roberta", "longformer": "roberta"}
+
+
+def check_checkpoint(args, ckpt, path):
+    """A checkpoint's recorded flags (``args``) and relations must fit its weights: --transformer_type the family of
+    the encoder it carries (or of --model_name_or_path's, check_encoder), its relation names (id2rel) the classes
+    of its classifier. Every loader (train.py, Predictor) checks it here, so that each refuses a misfit with the
+    same message; weights of another shape than the recorded encoder config's are load_weights' refusal."""
+    record = ckpt.get("encoder")
+    if record is None:
+        check_encoder(args)
+        return
+    model_type = record["config"].get("model_type")
+    family = TOKENIZER_FAMILY.get(model_type)
+    if family and family != args.transformer_type:
+        raise UsageError(f"{path} does not fit its weights: it records --transformer_type {args.transformer_type}, "
+                         f"but its encoder is a {model_type} model (--transformer_type {family})")
+    classifier = ckpt["model"].get("base.classifier.weight")
+    if ckpt.get("id2rel") and classifier is not None and len(ckpt["id2rel"]) != classifier.shape[0]:
+        raise UsageError(f"{path} does not fit its weights: it names {len(ckpt['id2rel'])} relations (id2rel), "
+                         f"but its classifier has {classifier.shape[0]} classes")
 
 
 def check_encoder(args):

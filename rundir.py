@@ -42,14 +42,6 @@ class StopRequested(Exception):
     """SIGINT/SIGTERM arrived during training: last.pt was saved at a step boundary."""
 
 
-class Terminated(BaseException):
-    """SIGTERM outside the training loop (which stops at the next step boundary instead, last.pt saved)."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-
 @dataclass
 class Position:
     """Where a stage is, and what last.pt stores to continue it: epoch, batches done in it, best dev F1, steps."""

@@ -22,18 +22,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 import evaluation
 import predict
 import prepro
 from flags import resolve_args
-from model import check_encoder, encoder_record, first_line, hf_encoder, load_weights, tokenizer_and_model
-from rundir import (RunDir, StopRequested, Terminated, atomic_write_json, check_resume_world, claim,
-                    raise_terminated)
-from utils import (all_max, autocast, barrier, collate_fn, DataError, default_model_path, distributed,
-                   init_distributed, move_to, OutputError, set_seed, UsageError)
+from model import check_checkpoint, check_encoder, encoder_record, hf_encoder, load_weights, tokenizer_and_model
+from rundir import RunDir, StopRequested, atomic_write_json, check_resume_world, claim
+from utils import (all_max, autocast, barrier, collate_fn, DataError, distributed, init_distributed, move_to,
+                   progress_bar, run_cli, set_cpu_threads, set_seed, UsageError)
 
 
 # ---------------------------------------------------------------- data
@@ -132,20 +130,16 @@ def train_loader(features, args, rank, world, epoch_key):
 
 
 # ---------------------------------------------------------------- model
-def prepare_model(args, ckpt, num_class, device):
+def prepare_model(args, ckpt, ckpt_path, num_class, device):
     """(tokenizer, model) of the flags: the encoder a portable checkpoint carries (best.pt, model.py), else
-    --model_name_or_path; with the weights of the checkpoint the run continues (--resume), evaluates, or starts
-    stage 2 from (--load_path of a stage-1 checkpoint: its base module)."""
-    try:
-        tokenizer, model = tokenizer_and_model(args, num_class, ckpt)
-    except ValueError as e:  # e.g. no tokenizer file that the fast tokenizer can be built from
-        raise UsageError(f"--model_name_or_path {args.model_name_or_path or default_model_path()}: cannot load "
-                         f"its tokenizer ({first_line(e)})") from e
+    --model_name_or_path; with the weights of the checkpoint (read from ckpt_path) the run continues (--resume),
+    evaluates, or starts stage 2 from (--load_path of a stage-1 checkpoint: its base module)."""
+    tokenizer, model = tokenizer_and_model(args, num_class, ckpt)
     if ckpt is not None:
         # Stage 2 starts from the base module of --load_path; evaluating a stage-1 checkpoint (K = 0) needs only
         # its base module too (its inference module is untrained; experiments/gpu_carry.py's copy stores none).
         base_only = not args.resume and (not args.evaluate_only or ckpt.get("stage") == 1)
-        load_weights(model, ckpt["model"], args.load_path or args.resume, "base." if base_only else "")
+        load_weights(model, ckpt["model"], ckpt_path, "base." if base_only else "")
     return tokenizer, model.to(device)
 
 
@@ -173,8 +167,11 @@ def train_stage(run, model, stage, inputs, resume=None):
     groups = model.param_groups(stage, args)
     model.set_trainable(groups)
     # Fused AdamW on a GPU: one kernel per parameter group (12-15 % faster steps on an H200, docs/PERFORMANCE.md).
+    # On a CPU the multi-tensor one: the same numbers bit for bit as torch's default there (a loop over the
+    # parameters), a little faster; the fused CPU kernel is faster still but rounds differently (docs/PERFORMANCE.md
+    # section 6).
     optimizer = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                                  fused=device.type == "cuda" or None)
+                                  fused=device.type == "cuda" or None, foreach=device.type == "cpu" or None)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     batches = math.ceil(math.ceil(len(features) / run.world) / args.train_batch_size)  # per rank and epoch
     steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
@@ -192,31 +189,29 @@ def train_stage(run, model, stage, inputs, resume=None):
         for _ in range(pos.batch):  # mid-epoch resume: the same permutation, minus the batches already used
             next(loader)
         model.train()
-        bar = tqdm(total=batches, initial=pos.batch, desc=f"stage {stage} epoch {epoch}", disable=run.rank != 0,
-                   leave=False)
         t0, bad_in_row = time.time(), 0
-        while pos.batch < batches:
-            group = [next(loader) for _ in range(min(args.gradient_accumulation_steps, batches - pos.batch))]
-            pos.batch += len(group)
-            losses, bad = train_step(run, net, group, stage, optimizer, scaler)
-            pos.step += 1
-            bar.update(len(group))
-            if bad:
-                pos.skipped, bad_in_row = pos.skipped + 1, bad_in_row + 1
-                if bad_in_row >= args.max_bad_steps:
-                    bar.close()
-                    raise NonFiniteError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a row; "
-                                         f"stopping (last.pt holds the state before them)")
-            else:
-                bad_in_row, pos.lr_step = 0, pos.lr_step + 1
-                scheduler.step()
-                pos.add(losses)
-            if pos.step % args.log_every == 0 and run.rank == 0:
-                log_progress(run, bar, pos)
-            if run.signum and pos.batch < batches:  # agreed on by all ranks in train_step
-                bar.close()  # so that the stop message gets a line of its own
-                run.stop(model, optimizer, scaler, stage, pos)
-        bar.close()
+        # The bar closes however the epoch ends (its end, a signal, an error): what follows gets a line of its own.
+        with progress_bar(total=batches, initial=pos.batch, desc=f"stage {stage} epoch {epoch}",
+                          disable=run.rank != 0) as bar:
+            while pos.batch < batches:
+                group = [next(loader) for _ in range(min(args.gradient_accumulation_steps, batches - pos.batch))]
+                pos.batch += len(group)
+                losses, bad = train_step(run, net, group, stage, optimizer, scaler)
+                pos.step += 1
+                bar.update(len(group))
+                if bad:
+                    pos.skipped, bad_in_row = pos.skipped + 1, bad_in_row + 1
+                    if bad_in_row >= args.max_bad_steps:
+                        raise NonFiniteError(f"stage {stage} epoch {epoch}: {bad_in_row} non-finite steps in a "
+                                             f"row; stopping (last.pt holds the state before them)")
+                else:
+                    bad_in_row, pos.lr_step = 0, pos.lr_step + 1
+                    scheduler.step()
+                    pos.add(losses)
+                if pos.step % args.log_every == 0 and run.rank == 0:
+                    log_progress(run, bar, pos)
+                if run.signum and pos.batch < batches:  # agreed on by all ranks in train_step
+                    run.stop(model, optimizer, scaler, stage, pos)
         record = evaluate_epoch(run, model, stage, pos, optimizer, inputs, time.time() - t0)
         pos.epoch, pos.batch = epoch + 1, 0
         run.end_epoch(model, optimizer, scaler, stage, pos, record)
@@ -402,10 +397,14 @@ def train_all(run, model, inputs, ckpt):
 
 def main(argv=None):
     args, ckpt = resolve_args(argv)
-    if not (ckpt or {}).get("encoder"):  # a portable checkpoint carries its encoder: no folder to check
+    ckpt_path = os.path.join(args.resume, "last.pt") if args.resume else args.load_path
+    if ckpt is None:
         check_encoder(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    else:
+        check_checkpoint(args, ckpt, ckpt_path)
+    # 0: the cores not busy with other work now. The count is recorded (args.json, checkpoints, --resume): it
+    # decides how matrix products split their sums, so a rerun needs it to repeat a run's numbers.
+    args.threads = set_cpu_threads(args.threads)
     device, rank, world = init_distributed(args)
     if args.resume:
         check_resume_world(ckpt, world)
@@ -414,7 +413,7 @@ def main(argv=None):
     # every input has been read and checked, nothing in it changes.
     with claim(args, rank):
         rel2id = predict.relation_map(args)
-        tokenizer, model = prepare_model(args, ckpt, len(rel2id), device)
+        tokenizer, model = prepare_model(args, ckpt, ckpt_path, len(rel2id), device)
         inputs = load_inputs(args, tokenizer, rel2id)  # dev and test are checked now, not after hours of training
         encoder = encoder_record(tokenizer, hf_encoder(model).config) if rank == 0 and not args.evaluate_only \
             else None
@@ -436,26 +435,9 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """Entry point: expected failures end with one line on stderr and exit status 2, never a traceback. SIGTERM
-    outside the training loop ends the run as SIGINT does (KeyboardInterrupt), so that the lock is released."""
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        return main(argv)
-    except (UsageError, DataError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted by SIGINT", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except Terminated:
-        print("error: interrupted by SIGTERM", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    finally:  # in-process callers (tests) get their own handler back
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    """Entry point: expected failures end with one `error:` line and their status (utils.run_cli); too many
+    non-finite steps in a row with status 1."""
+    return run_cli(main, argv, {NonFiniteError: 1})
 
 
 if __name__ == "__main__":

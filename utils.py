@@ -1,15 +1,21 @@
-"""Small shared helpers: errors, seeding and RNG states, autocast, the default encoder path, the batch layout
-(Pairs, collate_fn) and the process group (torchrun). The run folder (lock, atomic writes, checkpoints) is
-rundir.py's."""
+"""Small shared helpers: errors and the one error path of the command lines, seeding and RNG states, autocast, the
+default encoder path, the batch layout (Pairs, collate_fn) and the process group (torchrun). The run folder (lock,
+atomic writes, checkpoints) is rundir.py's."""
+import argparse
 import contextlib
 import datetime
 import os
 import random
+import re
+import signal
+import sys
+import time
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 class DataError(ValueError):
@@ -23,6 +29,59 @@ class UsageError(ValueError):
 class OutputError(OSError):
     """A file could not be written (read-only folder, full disk, ...): the message names the file and the cause.
     An OSError, so that callers for whom a write is optional (the feature cache) still catch it as one."""
+
+
+class Terminated(BaseException):
+    """SIGTERM while a command runs, raised where it is as SIGINT raises KeyboardInterrupt (run_cli), so that the
+    run folder's lock is released on the way out. The training loop handles both signals itself instead (it
+    stops at the next step boundary, last.pt saved: rundir.RunDir.signals)."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def run_cli(main, argv=None, statuses=None):
+    """The one error path of the command lines (train.py, predict.py, evaluation.py): main(argv)'s exit status, or,
+    for an expected failure, one line `error: ...` on stderr and its status, never a traceback: 2 for bad input
+    (UsageError, DataError) and failed writes (OutputError), ``statuses``' own ({exception class: status}), and
+    128 + the signal for SIGINT and SIGTERM. The line starts a line of its own: progress bars end theirs when they
+    close (progress_bar). In-process callers (tests) get their SIGTERM handler back."""
+    statuses = statuses or {}
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return main(argv)
+    except (UsageError, DataError, OutputError, *statuses) as e:
+        message, status = str(e), statuses.get(type(e), 2)
+    except KeyboardInterrupt:
+        message, status = "interrupted by SIGINT", 128 + signal.SIGINT
+    except Terminated:
+        message, status = "interrupted by SIGTERM", 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the command lines: a flag it cannot read is a UsageError (run_cli's one line and status 2, not
+    argparse's usage text), and a negative number in any notation (-1e-5, -inf) is a flag's value: argparse's own
+    pattern knows no exponent, so it took "-1e-5" for an unknown option."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"-\.?\d|-(inf|infinity|nan)$", re.IGNORECASE)
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def progress_bar(**kwargs):
+    """tqdm on stderr that clears its line when it closes on a terminal, and ends it in a log file, where its
+    carriage returns would otherwise glue what comes next (an `error:` line, say) to the bar. Open it in a with
+    block, so that an error ending the run closes it too."""
+    return tqdm(leave=not sys.stderr.isatty(), **kwargs)
 
 
 def default_model_path():
@@ -58,6 +117,34 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def set_cpu_threads(requested):
+    """--threads: torch's CPU threads for this process; returns the count set. 0 (the default) takes as many as
+    there are cores not busy with other work now, at least 1 and at most torch's own default (OMP_NUM_THREADS, else
+    the cores). Each parallel op waits for its slowest thread, so threads beyond the cores a run gets make it wait
+    for a descheduled one at every op: beside a one-thread load on 2 cores, 2 threads made a training step 4x slower
+    than 1 thread (docs/PERFORMANCE.md section 8). A load that starts later still finds all the threads."""
+    if requested <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        requested = max(1, min(torch.get_num_threads(), cores - _others_running()))
+    torch.set_num_threads(requested)
+    return requested
+
+
+def _others_running(samples=5):
+    """Runnable tasks of other processes now (Linux: the running count of /proc/loadavg, which includes this
+    process; the median of a few readings 10 ms apart); 0 where it cannot be read."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(0.01)
+    return max(0, sorted(counts)[len(counts) // 2])
+
+
 def cpu_native_matmul(amp):
     """Whether this CPU has the instructions behind torch's fast matrix products in the --amp dtype: AVX512-BF16
     or AMX for bf16, AMX-FP16 for fp16. Without them torch falls back to a slow kernel: on an AVX2-only CPU the
@@ -68,9 +155,14 @@ def cpu_native_matmul(amp):
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
 def resolve_amp(amp, device_type):
     """--amp auto: bf16 on CUDA GPUs that have it and on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX),
     else none. Losses, entity pooling and the logits (LogitLinear) stay in float32 under autocast."""
+    if amp not in AMP_MODES:
+        raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp != "auto":
         return amp
     if device_type == "cuda":

@@ -173,6 +173,146 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+# ---------------------------------------------------------------- profile by component
+COMPONENT = "component::"  # prefix of the record_function scopes that name a component of a step
+
+
+@contextlib.contextmanager
+def component_scopes(scopes):
+    """While the block lasts, each (object, method name, component) of ``scopes`` runs inside
+    record_function(COMPONENT + component): an instance attribute wraps the bound method (a module's forward too,
+    which __call__ reads from the instance). Nothing of the objects' code changes; the attributes go on exit."""
+    saved = []
+    for obj, name, label in scopes:
+        method = getattr(obj, name)
+
+        def scoped(*args, _method=method, _label=COMPONENT + label, **kwargs):
+            with torch.profiler.record_function(_label):
+                return _method(*args, **kwargs)
+        saved.append((obj, name, vars(obj).get(name), name in vars(obj)))
+        setattr(obj, name, scoped)
+    try:
+        yield
+    finally:
+        for obj, name, old, had in reversed(saved):
+            if had:
+                setattr(obj, name, old)
+            else:
+                delattr(obj, name)
+
+
+def docre_scopes(model):
+    """The components of our DocREModel for component_scopes: (object, method, component). Ops of the model's own
+    forward or predict (the losses, the noise and views of stage 2, decoding between passes) are "losses, noise,
+    decoding"; those of an inference layer outside its ECA units are its fusion gate, FNNs and LayerNorms."""
+    base, inference = model.base, model.inference
+    scopes = [(model, "forward", "losses, noise, decoding"), (model, "predict", "losses, noise, decoding"),
+              (base, "forward", "base module, other"), (base.encoder, "forward", "encoder"),
+              (base, "pool_entities", "mention pooling"), (base, "localized_context", "localized context pooling"),
+              (base, "pair_features", "pair features"), (base.classifier, "forward", "base classifier"),
+              (inference.reduce, "forward", "inference: reduce, relation embedding"),
+              (inference, "relation_matrix", "inference: reduce, relation embedding"),
+              (inference.classifier, "forward", "inference: classifier")]
+    if base.pair_form == "bilinear":
+        scopes.append((base.pair_fnn, "forward", "pair features: Linear(emb*block -> emb) + ReLU"))
+    for layer in inference.layers:
+        scopes += [(layer, "forward", "inference: fusion, FNNs, LayerNorms"),
+                   (layer, "fixed", "inference: ECA projections, dropout")]
+        for unit in (layer.eca_f, layer.eca_r):
+            scopes += [(unit, "forward", "inference: ECA projections, dropout"),
+                       (unit.q, "forward", "inference: ECA projections, dropout"),
+                       (unit, "keys_values", "inference: ECA projections, dropout"),
+                       (unit, "attend", "inference: ECA attention")]
+    if model.predictor is not None:
+        scopes.append((model.predictor, "forward", "SimSiam predictor"))
+    return scopes
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def component_profile(fn, scopes):
+    """Self time of every op of one call of fn() (after an untimed one), by component, forward and backward apart.
+
+    An op belongs to the innermost component scope (component_scopes) around it; an op of the backward pass to
+    the component of the forward op that created its autograd node (the profiler's sequence number links the
+    two); gradient accumulation into .grad and ops outside every scope are components of their own. The self
+    time of a scope itself is Python between its ops ("python" below). CPU only (one thread: the backward pass
+    runs in the calling thread). Returns {"total_ms", "components": {name: {"forward_ms", "backward_ms",
+    "gemm_ms", "gemm_gflop", "ops": {op: ms}}}}: gemm_* are the matrix products' (GEMM_OPS) self time and the
+    FLOPs the profiler counts for them."""
+    from torch.profiler import ProfilerActivity, profile
+    with component_scopes(scopes):
+        fn()
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            fn()
+    events = prof.events()
+
+    def outer(e, test):
+        while e is not None and not test(e):
+            e = e.cpu_parent
+        return e
+
+    def in_scope(e):
+        return e.name.startswith(COMPONENT)
+
+    def is_node(e):
+        return e.name.startswith("autograd::engine::evaluate_function")
+
+    # Sequence number -> component of the forward op that created that autograd node. Every op records the number
+    # the next node will get, so the ops before a node's creator share it: the creator is the last to start.
+    creator = {}
+    for e in events:
+        if e.sequence_nr >= 0 and outer(e, is_node) is None and (
+                e.sequence_nr not in creator or e.time_range.start >= creator[e.sequence_nr].time_range.start):
+            creator[e.sequence_nr] = e
+    forward_of = {}
+    for seq, e in creator.items():
+        scope = outer(e, in_scope)
+        forward_of[seq] = scope.name[len(COMPONENT):] if scope else "outside every scope"
+    parts, total = {}, 0.0
+    for e in events:
+        ms = e.self_cpu_time_total / 1e3
+        total += ms
+        node, scope = outer(e, is_node), outer(e, in_scope)
+        if node is not None:
+            name = ("gradient accumulation" if "AccumulateGrad" in node.name else
+                    forward_of.get(node.sequence_nr, "outside every scope"))
+            direction = "backward_ms"
+        else:
+            name = scope.name[len(COMPONENT):] if scope else "outside every scope"
+            direction = "forward_ms"
+        part = parts.setdefault(name, {"forward_ms": 0.0, "backward_ms": 0.0, "gemm_ms": 0.0, "gemm_gflop": 0.0,
+                                       "ops": {}})
+        part[direction] += ms
+        if e.name in GEMM_OPS:
+            part["gemm_ms"] += ms
+            part["gemm_gflop"] += (e.flops or 0) / 1e9
+        op = "python" if in_scope(e) else e.name
+        part["ops"][op] = part["ops"].get(op, 0.0) + ms
+    for part in parts.values():
+        part["ops"] = dict(sorted(part["ops"].items(), key=lambda kv: -kv[1]))
+    return {"total_ms": total, "components": dict(sorted(parts.items(), key=lambda kv: -sum(
+        kv[1][d] for d in ("forward_ms", "backward_ms"))))}
+
+
+def component_table(result, top=3):
+    """component_profile's result as a table: ms forward and backward, share, the matrix products' share and
+    GFLOP/s, the ops that take most."""
+    rows = []
+    for name, part in result["components"].items():
+        ms = part["forward_ms"] + part["backward_ms"]
+        if ms < 0.5:
+            continue
+        ops = ", ".join(f"{op.replace('aten::', '')} {t:.0f}" for op, t in list(part["ops"].items())[:top])
+        gemm = (f"{part['gemm_ms'] / ms * 100:.0f}% at {part['gemm_gflop'] / part['gemm_ms'] * 1e3:.0f}"
+                if part["gemm_ms"] > 0.1 else "")
+        rows.append([name, f"{part['forward_ms']:.0f}", f"{part['backward_ms']:.0f}", f"{ms:.0f}",
+                     f"{ms / result['total_ms'] * 100:.1f}%", gemm, ops])
+    return fmt_table(["component", "forward ms", "backward ms", "total ms", "share", "GEMM: share at GFLOP/s",
+                      "top ops (ms)"], rows)
+
+
 def write_json(name, obj):
     import rundir
     path = os.path.join(RESULTS, name)

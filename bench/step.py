@@ -44,12 +44,18 @@ def build(device):
 class Runner:
     """One callable per phase; each call runs the phase over one batch (a full optimiser step in training)."""
 
-    def __init__(self, model, args, device, amp, k):
+    def __init__(self, model, args, device, amp, k, fused=None):
+        """``fused``: None for train.py's AdamW (the multi-tensor implementation on a CPU, the fused one on a GPU),
+        True for the fused one on a CPU too (bench/peers.py --ours_adamw fused)."""
+        device = torch.device(device)
         self.model, self.args, self.device, self.amp, self.k = model, args, device, amp, k
         self.opt = {}
+        fused = fused or device.type == "cuda"
         for stage in (1, 2):
             groups = model.param_groups(stage, args)
-            self.opt[stage] = (groups, torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay))
+            opt = torch.optim.AdamW(groups, eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                    fused=fused or None, foreach=not fused or None)
+            self.opt[stage] = (groups, opt)
 
     def train_step(self, batch, stage):
         groups, opt = self.opt[stage]
@@ -59,9 +65,11 @@ class Runner:
             out = self.model(batch, stage)
         out["loss"].backward()
         params = [p for g in groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with torch.profiler.record_function(common.COMPONENT + "gradient clipping"):
+            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        with torch.profiler.record_function(common.COMPONENT + "optimiser"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     def evaluate(self, batch, k):
         self.model.eval()
@@ -89,15 +97,15 @@ def flops_by_module(fn):
     return fc.get_total_flops(), parts
 
 
-def profile_phase(runner, phase, batch, device, top=15):
+def profile_phase(fn, device, top=15):
+    """Top ops of one call of fn() by self time on the GPU (on a CPU: common.component_profile)."""
     from torch.profiler import ProfilerActivity, profile
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
-    fn = runner.fn(phase, batch)
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
     fn()
     with profile(activities=acts) as prof:
         fn()
         common.sync(device)
-    key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
+    key = "self_cuda_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
     total = sum(getattr(e, key) for e in events)
     rows = []
@@ -118,7 +126,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave the default)")
     p.add_argument("--k", type=int, default=3, help="K of the evaluation pass")
     p.add_argument("--data", default=None, help="DocRED-format file (default: Re-DocRED train_mini)")
-    p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops of each phase")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each phase on batch 0: self time by component on a CPU, top ops on a GPU")
     p.add_argument("--out", default="step.json")
     a = p.parse_args()
     common.set_threads(a.threads)
@@ -211,12 +220,21 @@ def main():
 
     prof = {}
     if a.profile:
-        for ph in ("stage1", "stage2", "eval_k3"):
-            top, total_ms = profile_phase(runners[amps[-1]], ph, batches[0], device)
-            prof[ph] = {"total_self_ms": total_ms, "top": top}
-            print(f"\nprofile {ph} (batch 0, total self time {total_ms:.0f} ms): top ops by self time")
-            print(common.fmt_table(["op", "self ms", "share", "calls"],
-                                   [[r["op"], f"{r['self_ms']:.1f}", f"{r['share'] * 100:.1f}%", r["calls"]] for r in top]))
+        for amp in amps:
+            for ph in ("stage1", "stage2", "eval_k3"):
+                fn = runners[amp].fn(ph, batches[0])
+                if device.type == "cpu":  # self time by component of the model (common.component_profile)
+                    result = common.component_profile(fn, common.docre_scopes(model))
+                    prof[f"{amp}/{ph}"] = result
+                    print(f"\nprofile {amp} {ph} (batch 0): {result['total_ms']:.0f} ms of self time")
+                    print(common.component_table(result))
+                    continue
+                top, total_ms = profile_phase(fn, device)
+                prof[f"{amp}/{ph}"] = {"total_self_ms": total_ms, "top": top}
+                print(f"\nprofile {amp} {ph} (batch 0, total self time {total_ms:.0f} ms): top ops by self time")
+                print(common.fmt_table(["op", "self ms", "share", "calls"],
+                                       [[r["op"], f"{r['self_ms']:.1f}", f"{r['share'] * 100:.1f}%", r["calls"]]
+                                        for r in top]))
 
     res = {"machine": common.machine_info(device), "command": " ".join(["python"] + sys.argv),
            "config": {**vars(a), "inference_dim": args.inference_dim, "num_inference_layers": args.num_inference_layers,

@@ -499,3 +499,32 @@ def test_sdpa_except_last_keeps_only_the_last_attention_map():
     enc = base_module.encoder_from_config(cfg, "sdpa").train()
     out = enc(input_ids=torch.randint(5, 100, (2, 20)), output_attentions=True)
     assert len(out.attentions) == 1 and out.attentions[0].shape == (2, 4, 20, 20)
+
+
+def test_pair_features_bilinear_gradients_against_atlop_grouped_bilinear():
+    """The grouped bilinear's backward pass (two batched matrix-vector products) gives the gradients of the
+    per-pair reference: every product z_s[i] z_o[j] within a block, then Linear + ReLU. Float64; and in float32 the
+    features are the broadcast multiply's bit for bit."""
+    enc = tiny_encoder(0)
+    torch.manual_seed(6)
+    base = BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="bilinear", block_size=8).double()
+    B, N, d, e, k = 2, 3, 32, 24, 8
+    h = torch.randn(B, N, d, dtype=torch.float64, requires_grad=True)
+    ent = torch.tensor([[True] * 3, [True, True, False]])
+    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
+    P = int(pair_mask.sum())
+    c = torch.randn(P, d, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(P, e, dtype=torch.float64)
+    params = [h, c, base.head_extractor.weight, base.tail_extractor.weight, base.pair_fnn[0].weight]
+    got = torch.autograd.grad((base.pair_features(h, c, Pairs.from_mask(pair_mask)) * w).sum(), params)
+    refs = []
+    for p, (b, s, o) in enumerate(pair_mask.nonzero().tolist()):
+        zs = torch.tanh(base.head_extractor(torch.cat([h[b, s], c[p]])))
+        zo = torch.tanh(base.tail_extractor(torch.cat([h[b, o], c[p]])))
+        products = [zs[g * k + i] * zo[g * k + j] for g in range(e // k) for i in range(k) for j in range(k)]
+        refs.append(torch.relu(base.pair_fnn[0](torch.stack(products))))
+    expected = torch.autograd.grad((torch.stack(refs) * w).sum(), params)
+    for g, r in zip(got, expected):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10)
+    zs, zo = torch.randn(2, P, e).unflatten(-1, (-1, k)).unbind(0)
+    assert torch.equal(zs.unsqueeze(-1) @ zo.unsqueeze(-2), zs.unsqueeze(-1) * zo.unsqueeze(-2))
