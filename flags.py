@@ -47,12 +47,13 @@ RANGES = {
     "seed": (0, 2 ** 31, "[)"),  # numpy takes seeds below 2**32; the run adds up to a few thousand to it
     "num_workers": AT_LEAST_0, "threads": AT_LEAST_0, "log_every": AT_LEAST_1}
 
+
 # ---------------------------------------------------------------- flags
 def build_parser():
     p = ArgumentParser(prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Train DocRE-II (stage 1: base module; stage 2: whole model), then predict "
-                                            "and score dev/test. Defaults are the paper's (Table 7, DocRED / BERT-base;"
-                                            " K = 3, N_I = 2).")
+                       description="Train DocRE-II (stage 1: base module; stage 2: whole model), then predict and "
+                                   "score dev/test. Defaults are the paper's (Table 7, DocRED / BERT-base; K = 3, "
+                                   "N_I = 2).")
     a = p.add_argument
     # data
     a("--dataset", choices=["docred", "cdr", "gda"], default="docred")

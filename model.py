@@ -161,12 +161,16 @@ def build_model(args, num_class, encoder, start_ids, end_ids):
     return DocREModel(base, inference, Recipe.from_args(args), args.freeze_base)
 
 
+def special_tokens(tokenizer, transformer_type):
+    """(start, end) token ids around each encoder window: [CLS] ... [SEP], or RoBERTa's <s> ... </s></s>."""
+    return [tokenizer.cls_token_id], [tokenizer.sep_token_id] * (2 if transformer_type == "roberta" else 1)
+
+
 def load_model(args, num_class, tokenizer):
     """build_model on the encoder the flags name (--model_name_or_path, default the bundled one)."""
-    start = [tokenizer.cls_token_id]
-    end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
+    start, end = special_tokens(tokenizer, args.transformer_type)
     try:
-        encoder = load_encoder(args.model_name_or_path or default_model_path(), args.attention)
+        encoder = load_encoder(encoder_path(args.model_name_or_path), args.attention)
     except OSError as e:
         raise UsageError(f"cannot load encoder {args.model_name_or_path!r}: {e}") from e
     return build_model(args, num_class, encoder, start, end)
@@ -397,8 +401,7 @@ def tokenizer_and_model(args, num_class, ckpt=None):
             raise UsageError(f"--model_name_or_path {path}: cannot load its tokenizer ({first_line(e)})") from e
         return tokenizer, load_model(args, num_class, tokenizer)
     tokenizer = tokenizer_from_record(record, args.transformer_type)
-    start = [tokenizer.cls_token_id]
-    end = [tokenizer.sep_token_id] * (2 if args.transformer_type == "roberta" else 1)
+    start, end = special_tokens(tokenizer, args.transformer_type)
     return tokenizer, build_model(args, num_class, encoder_from_record(record, args.attention), start, end)
 
 

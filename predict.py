@@ -30,7 +30,7 @@ from losses import get_label
 from model import check_checkpoint, load_weights, tokenizer_and_model
 from rundir import atomic_write_bytes, atomic_write_json, load_weights_only
 from utils import (AMP_MODES, ArgumentParser, UsageError, autocast, collate_fn, describe_amp, move_to,
-                   resolve_amp, run_cli, set_cpu_threads)
+                   resolve_amp, run_cli, set_cpu_threads, some_titles)
 
 
 @torch.no_grad()
@@ -171,10 +171,9 @@ class Predictor:
     def from_checkpoint(cls, path, device="auto", num_iterations=None, batch_size=None, amp="auto"):
         """Load best.pt (or best_stage1.pt) of a run, with ``torch.load(weights_only=True)``. A checkpoint that
         carries its encoder (see model.py, portable checkpoints) needs neither the encoder folder nor a model
-        hub. device: "auto" (a
-        GPU when there is one), "cpu", "cuda" or a torch.device; num_iterations: K (default: the run's; always
-        0 for a stage-1 checkpoint, whose inference module is untrained); batch_size: documents per forward pass
-        (default: the run's --test_batch_size); amp: as train.py's --amp."""
+        hub. device: "auto" (a GPU when there is one), "cpu", "cuda" or a torch.device; num_iterations: K
+        (default: the run's; always 0 for a stage-1 checkpoint, whose inference module is untrained); batch_size:
+        documents per forward pass (default: the run's --test_batch_size); amp: as train.py's --amp."""
         ckpt = load_weights_only(path)
         args = with_defaults(ckpt["args"])  # flags newer than the checkpoint: their defaults, as train.py does
         k = args.num_iterations if num_iterations is None else num_iterations
@@ -316,9 +315,8 @@ def main(argv=None):
     features, scores = predictor.scores(docs, source=source)
     empty = [f["title"] for f in features if not f["hts"]]
     if empty:
-        shown = ", ".join(repr(t) for t in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         print(f"warning: {source}: {len(empty)} document(s) with fewer than 2 entities get no predictions: "
-              f"{shown}", file=sys.stderr)
+              f"{some_titles(empty)}", file=sys.stderr)
     rows = readable(scores, features, predictor.args.num_labels, predictor.id2rel, predictor.rel_names,
                     {d["title"]: d for d in docs})
     html = predictor.page(docs, source, (features, scores)) if args.html else None  # checks the labels first

