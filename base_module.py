@@ -2,7 +2,7 @@
 
 Tensors are batched over documents with different numbers of entities:
   B documents, L tokens, N entities (padded), M mentions per entity (padded), d encoder width,
-  H attention heads, e pair-feature width, C classes.
+  H attention heads, e extractor width, f pair-feature width (e; e * block for "atlop"), C classes.
 """
 import torch
 import torch.nn as nn
@@ -159,7 +159,16 @@ class LongEncoder(nn.Module):
 
 
 class BaseModule(nn.Module):
-    """ATLOP-style base module. Returns features F and logits of the valid pairs, packed: [P, e], [P, C]."""
+    """ATLOP-style base module. Returns features F and logits of the valid pairs, packed: [P, f], [P, C].
+
+    pair_form picks what follows the extractors of Eq. (2)-(3):
+      "fnn"       the paper's wording: FNN over the concatenation [z_s, z_o] -> F [P, e]
+      "bilinear"  the authors' code: ATLOP's grouped bilinear of z_s and z_o (blocks of block_size), then
+                  Linear + ReLU -> F [P, e]
+      "atlop"     ATLOP's own head: F is the grouped bilinear itself [P, e * block_size], and the classifier of
+                  Eq. (4) reads it directly (ATLOP's Linear(emb * block -> classes)), so stage 1 is ATLOP's model
+    feat_dim is F's width f (e, or e * block_size for "atlop"): what the inference module reads.
+    """
 
     def __init__(self, encoder, start_ids, end_ids, num_class, emb_size=None, window=None, pair_form="fnn",
                  block_size=64):
@@ -167,9 +176,9 @@ class BaseModule(nn.Module):
         cfg = encoder.config
         d = cfg.hidden_size
         e = emb_size or d
-        if pair_form not in ("fnn", "bilinear"):
-            raise ValueError(f"pair_form must be 'fnn' or 'bilinear', got {pair_form!r}")
-        if pair_form == "bilinear" and (block_size < 1 or e % block_size):
+        if pair_form not in ("fnn", "bilinear", "atlop"):
+            raise ValueError(f"pair_form must be 'fnn', 'bilinear' or 'atlop', got {pair_form!r}")
+        if pair_form != "fnn" and (block_size < 1 or e % block_size):
             raise ValueError(f"the grouped bilinear needs a block size that divides the pair-feature width "
                              f"{e}, got {block_size}")
         # RoBERTa reserves two positions for its padding offset. The default window is ATLOP's 512.
@@ -181,13 +190,14 @@ class BaseModule(nn.Module):
         self.encoder = LongEncoder(encoder, start_ids, end_ids, window)
         self.hidden_size, self.emb_size, self.num_class = d, e, num_class
         self.pair_form, self.block_size = pair_form, block_size
+        self.feat_dim = e * block_size if pair_form == "atlop" else e
         self.head_extractor = nn.Linear(2 * d, e)  # W_s of Eq. (2), acting on [h(e_s), c_so]
         self.tail_extractor = nn.Linear(2 * d, e)  # W_o of Eq. (3), acting on [h(e_o), c_so]
-        if pair_form == "fnn":  # the paper's wording: FNN over the concatenation [z_s, z_o]
+        if pair_form == "fnn":
             self.pair_fnn = nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, e))
-        else:  # the authors' code: ATLOP's grouped bilinear of z_s and z_o, then Linear + ReLU
+        elif pair_form == "bilinear":
             self.pair_fnn = nn.Sequential(nn.Linear(e * block_size, e), nn.ReLU())
-        self.classifier = LogitLinear(e, num_class)  # W_r, b_r of Eq. (4), in fp32 under autocast
+        self.classifier = LogitLinear(self.feat_dim, num_class)  # W_r, b_r of Eq. (4), in fp32 under autocast
 
     def unused_parameters(self):
         """Encoder parameters the forward pass never reaches: the pooler that HF BERT/RoBERTa compute."""
@@ -232,9 +242,10 @@ class BaseModule(nn.Module):
         The FNN reads the concatenation [z_s, z_o] (pair_form "fnn", the paper's wording) or, as in the
         authors' code, ATLOP's grouped bilinear of z_s and z_o (pair_form "bilinear"): blocks of k features,
         every product z_s[i] z_o[j] within a block, then Linear + ReLU. Only the bilinear multiplies head and
-        tail features, which is what matching a head with its tail needs.
+        tail features, which is what matching a head with its tail needs. pair_form "atlop" returns the grouped
+        bilinear itself, ATLOP's pair representation.
         W[h, c] is split as W_h h + W_c c so the entity halves are computed once per entity, not per pair.
-        h [B, N, d], c [P, d] -> [P, e].
+        h [B, N, d], c [P, d] -> [P, f].
         """
         d = self.hidden_size
         b, s, o = pairs.b, pairs.s, pairs.o
@@ -248,11 +259,11 @@ class BaseModule(nn.Module):
         # gives the elementwise products, bit for bit, and its backward pass is two batched matrix-vector
         # products that read the [P, e * k] gradient once; the broadcast multiply's backward writes two more
         # [P, e * k] tensors and reduces them (twice the time for the pair features, docs/PERFORMANCE.md section 6).
-        blocks = zs.unflatten(-1, (-1, k)).unsqueeze(-1) @ zo.unflatten(-1, (-1, k)).unsqueeze(-2)
-        return self.pair_fnn(blocks.flatten(1))
+        blocks = (zs.unflatten(-1, (-1, k)).unsqueeze(-1) @ zo.unflatten(-1, (-1, k)).unsqueeze(-2)).flatten(1)
+        return blocks if self.pair_form == "atlop" else self.pair_fnn(blocks)
 
     def forward(self, input_ids, attention_mask, mention_pos, mention_mask, pairs):
-        """-> pair features F [P, e] and logits [P, C] (Eq. (4) before the sigmoid) of the valid pairs."""
+        """-> pair features F [P, f] and logits [P, C] (Eq. (4) before the sigmoid) of the valid pairs."""
         seq, att = self.encoder(input_ids, attention_mask)
         h, A = self.pool_entities(seq, att, mention_pos, mention_mask)
         c = self.localized_context(seq, A, pairs)

@@ -70,10 +70,11 @@ def build_parser():
     a("--model_name_or_path", default=None, help="HF name or local folder (default: bundled all-MiniLM-L6-v2)")
     a("--max_seq_length", type=int, default=1024)
     a("--emb_size", type=int, default=0, help="pair-feature width e (0 = encoder hidden size)")
-    a("--pair_features", choices=["fnn", "bilinear"], default="fnn",
+    a("--pair_features", choices=["fnn", "bilinear", "atlop"], default="fnn",
       help="Eq. (2)-(3)'s FNN: over the concatenation [z_s, z_o] (the paper's wording), or ATLOP's grouped "
-           "bilinear of z_s and z_o then Linear + ReLU (the authors' code)")
-    a("--block_size", type=int, default=64, help="block size of --pair_features bilinear (ATLOP's 64)")
+           "bilinear of z_s and z_o then Linear + ReLU (the authors' code); atlop: ATLOP's own head, the "
+           "classifier on the grouped bilinear itself (stage 1 is ATLOP's model; F is emb_size * block_size wide)")
+    a("--block_size", type=int, default=64, help="block size of the grouped bilinear (ATLOP's 64)")
     a("--encoder_window", type=int, default=0,
       help="encoder window in tokens (0 = ATLOP's 512, or the encoder's limit if lower): a longer document is "
            "encoded in overlapping windows (ATLOP's method). A small window keeps distant sentences out of each "

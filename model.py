@@ -155,7 +155,7 @@ def build_model(args, num_class, encoder, start_ids, end_ids):
                           window=window or None, pair_form=pair_form, block_size=block)
     except ValueError as e:  # BaseModule checks the block size against the width, the window against the encoder
         raise UsageError(f"--pair_features {pair_form} --block_size {block} --encoder_window {window}: {e}") from e
-    inference = InferenceModule(base.emb_size, args.inference_dim, num_class, args.num_inference_layers,
+    inference = InferenceModule(base.feat_dim, args.inference_dim, num_class, args.num_inference_layers,
                                 args.eca_heads_per_line, args.dropout, args.eca, not args.no_fusion,
                                 args.classifier_layers, args.rel_emb_init)
     return DocREModel(base, inference, Recipe.from_args(args), args.freeze_base)

@@ -196,17 +196,52 @@ def describe_amp(requested, amp, device_type):
     return text, warning
 
 
+class _Float32Logits(torch.autograd.Function):
+    """x @ W^T + b for a half-precision x (bf16, fp16): the product in float32, its backward in x's precision."""
+
+    CHUNK = 1024  # input features cast to float32 at a time
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)  # x as it came (half precision), not a float32 copy
+        ctx.has_bias = bias is not None
+        n = _Float32Logits.CHUNK
+        with torch.autocast(x.device.type, enabled=False):
+            # The product summed over slices of the input features: each slice's float32 copy is small enough to
+            # stay in cache, where one copy of all of x would be written to memory and read back (490 MB for
+            # --pair_features atlop's 49,152 features at 2,494 pairs: the cast took as long as the product).
+            out = torch.nn.functional.linear(x[..., :n].float(), weight[:, :n].float(),
+                                             None if bias is None else bias.float())
+            for j in range(n, x.size(-1), n):
+                out += torch.nn.functional.linear(x[..., j:j + n].float(), weight[:, j:j + n].float())
+            return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            g = grad.to(x.dtype)  # [..., out]
+            grad_x = g @ weight.to(x.dtype)  # [..., in]
+            grad_w = g.flatten(0, -2).T @ x.flatten(0, -2)  # [out, in]
+            grad_b = grad.flatten(0, -2).sum(0) if ctx.has_bias else None
+        return grad_x, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(weight.dtype)
+
+
 class LogitLinear(torch.nn.Linear):
     """The linear layer that writes logits, computed in float32 even under autocast. The adaptive threshold
     compares each relation's logit with the threshold class's, and bf16 keeps 8 significant bits: logits closer
     than about 1/128 of their size come out equal, and a tie is "no relation". A bf16-trained Re-DocRED model
     scored in bf16 submitted 1-3% fewer triples than the same weights in fp32, nearly all of them lost ties
-    (docs/RESULTS.md, bf16 against fp32). Only this last product, features -> classes, runs in fp32.
-    Same parameters and state_dict keys as nn.Linear."""
+    (docs/RESULTS.md, bf16 against fp32). Only this last product, features -> classes, runs in fp32; its backward
+    pass runs in the features' precision, as autocast runs every other layer's (an fp32 backward took 3x the
+    time of a bf16 one for --pair_features atlop's 49,152 features, docs/PERFORMANCE.md section 6; the bias's
+    gradient is summed in float32). Same parameters and state_dict keys as nn.Linear."""
 
     def forward(self, x):
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return _Float32Logits.apply(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.to(torch.promote_types(x.dtype, torch.float32)))  # float64 stays float64
+            return super().forward(x)  # float32 or float64 features: their own precision throughout
 
 
 def autocast(amp, device):

@@ -5,15 +5,17 @@ ATLOP's model.py, long_seq.py and losses.py are imported, unchanged, from a chec
 2. Its DocREModel gets a copy of our encoder (the same weights) and the same documents in its own input format.
 Three contenders:
   atlop            ATLOP's code: grouped bilinear of emb/block, then Linear(emb*block -> classes)
-  ours             train.py's model with --pair_features bilinear --emb_size emb --block_size block: the DocRE-II
-                   authors' head, Linear(emb*block -> emb) + ReLU, then Linear(emb -> classes); at emb 768 its
-                   first layer has 8x the weights of ATLOP's head, so this is not the same function
-  ours_atlop_head  our base module with ATLOP's head (bench only, no flag builds it): the same function as ATLOP's
+  ours_atlop       train.py's model with --pair_features atlop --emb_size emb --block_size block: ATLOP's head,
+                   the same function as ATLOP's code; its head starts from ATLOP's initial weights, and the bench
+                   first checks that the two give the same logits and loss on every batch (fp32)
+  ours_bilinear    train.py's model with --pair_features bilinear: the DocRE-II authors' head, Linear(emb*block ->
+                   emb) + ReLU, then Linear(emb -> classes); at emb 768 its first layer has 8x the weights of
+                   ATLOP's head, so this is not the same function
 Timed, interleaved batch by batch (the contenders' order rotating between repeats), in every precision of --amp:
   train            a full optimiser step: forward with the loss, backward, gradient clipping, AdamW (ATLOP: its
                    train.py's two parameter groups; ours: train.py's stage-1 groups and AdamW)
   eval_k0, eval_kK ATLOP's evaluation forward (no labels: logits and its decoding) against our model.predict at
-                   K = 0 and K = --k (ours with ATLOP's head: K = 0 only)
+                   K = 0 and K = --k (ATLOP has no inference module: its one pass is the K = 0 baseline)
 Reported: seconds per batch (median of the repeats), ATLOP's time over each contender's (its speed relative to
 ATLOP's) as the ratio of the medians and per repeat, FLOPs counted by torch.utils.flop_counter (in all and in
 the relation head), parameter counts, the load average of every repeat, and with --profile the self time of
@@ -21,7 +23,7 @@ one training step per component (common.component_profile).
 
 Usage: python bench/peers.py --atlop_dir PATH [--batches 5] [--batch_size 4] [--repeats 3] [--amp none,bf16]
                              [--threads 1] [--emb_size 768] [--block_size 64] [--k 3] [--phases train,eval]
-                             [--contenders atlop,ours,ours_atlop_head] [--ours_adamw foreach|fused] [--profile]
+                             [--contenders atlop,ours_atlop,ours_bilinear] [--ours_adamw foreach|fused] [--profile]
                              [--data PATH] [--out peers.json]
 Data: as bench/step.py (the first batches*batch_size documents of Re-DocRED train_mini). Writes
 bench/results/peers.json.
@@ -44,6 +46,7 @@ import flags  # noqa: E402
 import prepro  # noqa: E402
 from model import load_model  # noqa: E402
 from step import Runner  # noqa: E402
+from utils import Pairs  # noqa: E402
 
 ATLOP_FILES = ("long_seq", "losses", "model")  # in import order: model.py imports the other two by these names
 FETCH = ("bench/peers.py needs a checkout of ATLOP's code: git clone https://github.com/wzhouad/ATLOP <dir>, "
@@ -141,28 +144,53 @@ class AtlopRunner:
 
 
 def build(a, atlop_class):
-    """(ours, ATLOP's, ours with ATLOP's head, our flags, tokenizer): the same encoder weights in all three (deep
-    copies, so that each trains its own), the heads initialised from the same seed.
-
-    "Ours with ATLOP's head" exists only here, to time equal work end to end: our base module with the pair FNN
-    left out and Linear(emb*block -> classes) as the classifier (autocast like ATLOP's, not our float32
-    LogitLinear), which is ATLOP's function. It is not a model train.py can build."""
+    """({contender: model}, our flags, tokenizer): the same encoder weights in all three (deep copies, so that
+    each trains its own). ATLOP's head is initialised after torch.manual_seed(0) and copied into ours_atlop, whose
+    extractors and classifier have the same shapes and layout ([h, c] -> emb; emb*block -> classes)."""
     tokenizer = common.load_tokenizer()
     rel2id = prepro.load_rel2id()
-    args = flags.parse_args(["--pair_features", "bilinear", "--emb_size", str(a.emb_size), "--block_size",
-                             str(a.block_size), "--num_iterations", str(a.k)])
+    shared = ["--emb_size", str(a.emb_size), "--block_size", str(a.block_size), "--num_iterations", str(a.k)]
+    args = {form: flags.parse_args(["--pair_features", form] + shared) for form in ("atlop", "bilinear")}
     torch.manual_seed(0)
-    ours = load_model(args, len(rel2id), tokenizer)
-    same_head = copy.deepcopy(ours)
-    same_head.base.pair_fnn = nn.Identity()
-    same_head.base.classifier = nn.Linear(a.emb_size * a.block_size, len(rel2id))
-    encoder = copy.deepcopy(ours.base.encoder.encoder)
+    models = {"ours_bilinear": load_model(args["bilinear"], len(rel2id), tokenizer)}
+    torch.manual_seed(0)
+    models["ours_atlop"] = load_model(args["atlop"], len(rel2id), tokenizer)
+    encoder = copy.deepcopy(models["ours_atlop"].base.encoder.encoder)
     config = copy.deepcopy(encoder.config)  # the fields ATLOP's train.py sets on the encoder's config
     config.transformer_type, config.num_labels = "bert", len(rel2id)
     config.cls_token_id, config.sep_token_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     torch.manual_seed(0)
-    atlop = atlop_class(config, AtlopEncoder(encoder), emb_size=a.emb_size, block_size=a.block_size)
-    return ours, atlop, same_head, args, tokenizer
+    models["atlop"] = atlop_class(config, AtlopEncoder(encoder), emb_size=a.emb_size, block_size=a.block_size,
+                                  num_labels=args["atlop"].num_labels)  # ATLOP's train.py passes --num_labels
+    base, atlop = models["ours_atlop"].base, models["atlop"]
+    for ours_layer, atlop_layer in ((base.head_extractor, atlop.head_extractor),
+                                    (base.tail_extractor, atlop.tail_extractor), (base.classifier, atlop.bilinear)):
+        ours_layer.load_state_dict(atlop_layer.state_dict())
+    return models, args["atlop"], tokenizer
+
+
+def same_function(ours, atlop, batches, atlop_batches):
+    """ATLOP's logits and loss against ours_atlop's (stage 1, fp32, before any step) on every batch: the largest
+    absolute difference of the logits and of the losses, and the number of logits compared. Both list the pairs
+    of a document in the same order (every ordered pair of its entities, head-major). ATLOP's forward returns no
+    logits: a hook on its classifier (``bilinear``) keeps them."""
+    kept = []
+    hook = atlop.bilinear.register_forward_hook(lambda module, inputs, output: kept.append(output))
+    ours.eval(), atlop.eval()
+    worst_logit, worst_loss, count = 0.0, 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch, atlop_batch in zip(batches, atlop_batches):
+                _, logits = ours.base_forward(batch, Pairs.of(batch))
+                loss = ours(batch, 1)["loss"]
+                kept.clear()
+                theirs_loss = atlop(**atlop_batch)[0]
+                worst_logit = max(worst_logit, (kept[0] - logits).abs().max().item())
+                worst_loss = max(worst_loss, abs(theirs_loss.item() - loss.item()))
+                count += logits.numel()
+    finally:
+        hook.remove()
+    return {"max_abs_logit_diff": worst_logit, "max_abs_loss_diff": worst_loss, "logits": count}
 
 
 def count_params(module):
@@ -183,8 +211,8 @@ def flops_of(fn, head):
             "head": sum(sum(counts.values()) for name, counts in fc.get_flop_counts().items() if in_head(name))}
 
 
-CONTENDERS = ("atlop", "ours", "ours_atlop_head")
-HEADS = {"atlop": ("bilinear",), "ours": ("pair_fnn", "classifier"), "ours_atlop_head": ("classifier",)}
+CONTENDERS = ("atlop", "ours_atlop", "ours_bilinear")
+HEADS = {"atlop": ("bilinear",), "ours_atlop": ("classifier",), "ours_bilinear": ("pair_fnn", "classifier")}
 
 
 def main(argv=None):
@@ -209,18 +237,19 @@ def main(argv=None):
     a = p.parse_args(argv)
     atlop_class = load_atlop(a.atlop_dir)  # first: without a checkout, say what to fetch and exit 2
     common.set_threads(a.threads)
-    ours, atlop, same_head, args, tokenizer = build(a, atlop_class)
-    num_class = ours.base.num_class
+    models, args, tokenizer = build(a, atlop_class)
+    num_class = models["atlop"].config.num_labels
     feats, source = common.load_docs(tokenizer, a.batches * a.batch_size, a.data)
     batches = common.make_batches(feats, a.batches, a.batch_size)
     atlop_batches = [atlop_inputs(feats[i * a.batch_size:(i + 1) * a.batch_size], num_class)
                      for i in range(a.batches)]
     stats = common.batch_stats(batches)
     amps, contenders = a.amp.split(","), a.contenders.split(",")
-    runners = {(amp, "atlop"): AtlopRunner(atlop, args, amp) for amp in amps}
+    runners = {}
     for amp in amps:
-        runners[(amp, "ours")] = Runner(ours, args, "cpu", amp, a.k, fused=a.ours_adamw == "fused")
-        runners[(amp, "ours_atlop_head")] = Runner(same_head, args, "cpu", amp, a.k)
+        runners[(amp, "atlop")] = AtlopRunner(models["atlop"], args, amp)
+        for who in CONTENDERS[1:]:
+            runners[(amp, who)] = Runner(models[who], args, "cpu", amp, a.k, fused=a.ours_adamw == "fused")
     print(f"data: {source}; {stats['docs']} docs in {a.batches} batches of {a.batch_size}: {stats['tokens']} "
           f"tokens, {stats['entities']} entities, {stats['pairs']} pairs (max N {stats['max_entities']}, max L "
           f"{stats['max_len']})")
@@ -228,8 +257,7 @@ def main(argv=None):
           f"{os.getloadavg()[0]:.2f}")
 
     def calls(amp, who, i):
-        """{phase: callable} of a contender on batch i. ATLOP's one evaluation pass is phase eval_k0; ours with
-        ATLOP's head has no inference module that could run K > 0 passes."""
+        """{phase: callable} of a contender on batch i. ATLOP's one evaluation pass is phase eval_k0."""
         r, out = runners[(amp, who)], {}
         if who == "atlop":
             if "train" in a.phases:
@@ -241,14 +269,20 @@ def main(argv=None):
             out["train"] = lambda: r.train_step(batches[i], 1)
         if "eval" in a.phases:
             out["eval_k0"] = lambda: r.evaluate(batches[i], 0)
-            if who == "ours":
-                out[f"eval_k{a.k}"] = lambda: r.evaluate(batches[i], a.k)
+            out[f"eval_k{a.k}"] = lambda: r.evaluate(batches[i], a.k)
         return out
 
-    params = {"ours": count_params(ours.base), "atlop": count_params(atlop),
-              "ours_atlop_head": count_params(same_head.base),
-              "ours_head": count_params(ours.base.pair_fnn) + count_params(ours.base.classifier),
-              "atlop_head": count_params(atlop.bilinear)}
+    check = {}
+    if {"atlop", "ours_atlop"} <= set(contenders):  # before any training step changes either model's weights
+        check = same_function(models["ours_atlop"], models["atlop"], batches, atlop_batches)
+        print(f"same function: ATLOP's code and ours_atlop (same weights, fp32) differ by at most "
+              f"{check['max_abs_logit_diff']:.2e} in {check['logits']} logits and {check['max_abs_loss_diff']:.2e} "
+              f"in the loss of a batch")
+    params = {who: {"stage 1": count_params(m if who == "atlop" else m.base),
+                    "head": count_params(m.bilinear) if who == "atlop" else sum(
+                        count_params(getattr(m.base, name)) for name in HEADS[who]),
+                    "inference module": 0 if who == "atlop" else count_params(m.inference)}
+              for who, m in models.items()}
     flops = {}
     for who in contenders:
         for ph in calls(amps[0], who, 0):
@@ -300,14 +334,12 @@ def main(argv=None):
                             "per repeat"],
                            [[k, f"{v['atlop_time_over_this']:.2f}x", " ".join(f"{x:.2f}" for x in v["per_repeat"])]
                             for k, v in ratios.items()]))
-    print(f"\nparameters: ours {params['ours'] / 1e6:.2f} M (head {params['ours_head'] / 1e6:.2f} M), ATLOP "
-          f"{params['atlop'] / 1e6:.2f} M (head {params['atlop_head'] / 1e6:.2f} M), ours with ATLOP's head "
-          f"{params['ours_atlop_head'] / 1e6:.2f} M")
+    print("\nparameters (M): " + "; ".join(f"{who}: " + ", ".join(f"{part} {n / 1e6:.2f}" for part, n in p.items())
+                                          for who, p in params.items()))
 
     prof = {}
     if a.profile:
-        scopes = {"atlop": atlop_scopes(atlop), "ours": common.docre_scopes(ours),
-                  "ours_atlop_head": common.docre_scopes(same_head)}
+        scopes = {who: atlop_scopes(m) if who == "atlop" else common.docre_scopes(m) for who, m in models.items()}
         for amp in amps:
             for who in contenders:
                 result = common.component_profile(calls(amp, who, 0)["train"], scopes[who])
@@ -317,7 +349,7 @@ def main(argv=None):
 
     res = {"machine": common.machine_info("cpu"), "command": " ".join(["python"] + sys.argv),
            "config": vars(a), "data": {"source": source, **stats}, "load_average_1m_per_repeat": loads,
-           "params": params, "flops": flops, "timing": timing, "ratios": ratios, "profile": prof}
+           "same_function": check, "params": params, "flops": flops, "timing": timing, "ratios": ratios, "profile": prof}
     print("\nwrote", common.write_json(a.out, res))
 
 

@@ -11,6 +11,7 @@ import helpers
 import train
 from inference_module import InferenceModule
 from losses import at_loss, get_label, simsiam_loss
+import utils
 from utils import LogitLinear, Pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -73,6 +74,45 @@ def test_bf16_ties_a_close_relation_with_the_threshold_but_logit_linear_does_not
     assert kept.dtype == torch.float32
     assert (kept[0, 1] - kept[0, 0]).item() == pytest.approx(0.0025, rel=1e-3)
     assert get_label(kept).tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_logit_linear_backward_runs_in_the_features_precision(dtype, monkeypatch):
+    """Under autocast LogitLinear's logits are the float32 product of its half-precision input, and its gradients
+    are those of an autocast nn.Linear (products in the input's precision), bit for bit; the bias's gradient is
+    the float32 sum. Wider inputs are summed over slices of features (the same product to float32 rounding).
+    Without autocast it is nn.Linear, gradients included."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 40, generator=g)  # leading dimensions are flattened for the weight's gradient
+    upstream = torch.randn(2, 7, 5, generator=g)
+    plain, logits = torch.nn.Linear(40, 5), LogitLinear(40, 5)
+    logits.load_state_dict(plain.state_dict())
+    grads = {}
+    for name, layer in (("plain", plain), ("logits", logits)):
+        xh = x.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            out = layer(xh)
+        (out.float() * upstream).sum().backward()
+        grads[name] = (out, xh.grad, layer.weight.grad, layer.bias.grad)
+    out, gx, gw, gb = grads["logits"]
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.nn.functional.linear(x.to(dtype).float(), logits.weight, logits.bias))
+    assert gx.dtype == dtype and torch.equal(gx, grads["plain"][1])
+    assert gw.dtype == torch.float32 and torch.equal(gw, grads["plain"][2])
+    torch.testing.assert_close(gb, upstream.sum((0, 1)), rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(utils._Float32Logits, "CHUNK", 16)  # 40 features: slices of 16, 16 and 8
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        sliced = logits(x.to(dtype))
+    torch.testing.assert_close(sliced, out, rtol=1e-5, atol=1e-5)  # the same product, summed in another order
+    xf = x.clone().requires_grad_()
+    plain.zero_grad(), logits.zero_grad()
+    (plain(xf) * upstream).sum().backward()
+    gx_plain = xf.grad.clone()
+    xf.grad = None
+    out = logits(xf)
+    (out * upstream).sum().backward()
+    assert torch.equal(out, plain(xf)) and torch.equal(xf.grad, gx_plain)
+    assert torch.equal(logits.weight.grad, plain.weight.grad) and torch.equal(logits.bias.grad, plain.bias.grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -176,15 +176,21 @@ def test_localized_context_eq1_against_per_pair_reference():
     torch.testing.assert_close(c, ref, atol=1e-6, rtol=0)
 
 
+def pair_inputs(requires_grad=False):
+    """Float64 entity states h [2, 3, 32] (the second document has 2 entities), its pair mask and contexts c [8, 32]
+    for the pair-feature tests."""
+    ent = torch.tensor([[True] * 3, [True, True, False]])
+    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(3, dtype=torch.bool)
+    h = torch.randn(2, 3, 32, dtype=torch.float64, requires_grad=requires_grad)
+    c = torch.randn(int(pair_mask.sum()), 32, dtype=torch.float64, requires_grad=requires_grad)
+    return h, c, pair_mask
+
+
 def test_pair_features_eq2_eq3_against_full_concatenation():
     base = make_base(emb_size=24).double()
     torch.manual_seed(4)
-    B, N, d = 2, 3, 32
-    h = torch.randn(B, N, d, dtype=torch.float64)
-    ent = torch.tensor([[True] * 3, [True, True, False]])
-    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
-    P = int(pair_mask.sum())
-    c = torch.randn(P, d, dtype=torch.float64)
+    h, c, pair_mask = pair_inputs()
+    P = len(c)
     with torch.no_grad():
         out = base.pair_features(h, c, Pairs.from_mask(pair_mask))
         refs = []
@@ -202,12 +208,9 @@ def test_pair_features_bilinear_against_atlop_grouped_bilinear():
     enc = tiny_encoder(0)
     torch.manual_seed(5)
     base = BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="bilinear", block_size=8).double()
-    B, N, d, e, k = 2, 3, 32, 24, 8
-    h = torch.randn(B, N, d, dtype=torch.float64)
-    ent = torch.tensor([[True] * 3, [True, True, False]])
-    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
-    P = int(pair_mask.sum())
-    c = torch.randn(P, d, dtype=torch.float64)
+    e, k = 24, 8
+    h, c, pair_mask = pair_inputs()
+    P = len(c)
     linear = base.pair_fnn[0]
     assert linear.in_features == e * k and linear.out_features == e
     with torch.no_grad():
@@ -224,6 +227,33 @@ def test_pair_features_bilinear_against_atlop_grouped_bilinear():
         BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="bilinear", block_size=5)
     with pytest.raises(ValueError, match="pair_form must be"):
         BaseModule(enc, [CLS], [SEP], NUM_CLASS, pair_form="concat")
+
+
+def test_pair_features_atlop_is_atlops_head():
+    """--pair_features atlop: F is the grouped bilinear itself, written here as ATLOP's model.py forms it
+    (a broadcast multiply of the [P, e/k, k] blocks, viewed as [P, e * k]), and the classifier of Eq. (4) is one
+    Linear(e * k -> C) on it, ATLOP's. No pair FNN; the inference module reads feat_dim = e * k features."""
+    enc = tiny_encoder(0)
+    torch.manual_seed(7)
+    e, k = 24, 8
+    base = BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=e, pair_form="atlop", block_size=k).double()
+    assert base.feat_dim == e * k and not hasattr(base, "pair_fnn")
+    assert (base.classifier.in_features, base.classifier.out_features) == (e * k, NUM_CLASS)
+    assert not any(name.startswith("pair_fnn") for name, _ in base.named_parameters())
+    h, c, pair_mask = pair_inputs()
+    P = len(c)
+    with torch.no_grad():
+        out = base.pair_features(h, c, Pairs.from_mask(pair_mask))
+        b, s, o = pair_mask.nonzero().unbind(1)
+        zs = torch.tanh(base.head_extractor(torch.cat([h[b, s], c], dim=-1)))  # ATLOP: extractor on [hs, rs]
+        zo = torch.tanh(base.tail_extractor(torch.cat([h[b, o], c], dim=-1)))
+        b1, b2 = zs.view(-1, e // k, k), zo.view(-1, e // k, k)
+        ref = (b1.unsqueeze(3) * b2.unsqueeze(2)).view(-1, e * k)  # ATLOP's bl
+    assert out.shape == (P, e * k)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(base.classifier(out), F.linear(ref, base.classifier.weight, base.classifier.bias))
+    with pytest.raises(ValueError, match="divides the pair-feature width 24, got 5"):
+        BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="atlop", block_size=5)
 
 
 # ---------------------------------------------------------------- LongEncoder
@@ -508,12 +538,9 @@ def test_pair_features_bilinear_gradients_against_atlop_grouped_bilinear():
     enc = tiny_encoder(0)
     torch.manual_seed(6)
     base = BaseModule(enc, [CLS], [SEP], NUM_CLASS, emb_size=24, pair_form="bilinear", block_size=8).double()
-    B, N, d, e, k = 2, 3, 32, 24, 8
-    h = torch.randn(B, N, d, dtype=torch.float64, requires_grad=True)
-    ent = torch.tensor([[True] * 3, [True, True, False]])
-    pair_mask = ent[:, :, None] & ent[:, None, :] & ~torch.eye(N, dtype=torch.bool)
-    P = int(pair_mask.sum())
-    c = torch.randn(P, d, dtype=torch.float64, requires_grad=True)
+    e, k = 24, 8
+    h, c, pair_mask = pair_inputs(requires_grad=True)
+    P = len(c)
     w = torch.randn(P, e, dtype=torch.float64)
     params = [h, c, base.head_extractor.weight, base.tail_extractor.weight, base.pair_fnn[0].weight]
     got = torch.autograd.grad((base.pair_features(h, c, Pairs.from_mask(pair_mask)) * w).sum(), params)

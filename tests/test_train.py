@@ -192,6 +192,27 @@ def test_bilinear_pair_features_travel_with_the_checkpoint(env, stage1_run, caps
     assert not (bad / "metrics.jsonl").exists()
 
 
+def test_atlop_pair_features_train_both_stages_and_predict(env):
+    """--pair_features atlop: stage 1 trains ATLOP's head (the classifier on the emb * block grouped bilinear, no
+    pair FNN); stage 2 from its checkpoint feeds those emb * block features to the inference module's projection;
+    predict.py rebuilds the same model (every weight in its place) and runs its K passes."""
+    save = run(env, env["root"] / "atlop", "--pair_features", "atlop", "--block_size", "8", stage1=1, lr=3e-3)
+    stage2 = run(env, env["root"] / "atlop2", "--load_path", str(save / "best.pt"), stage1=30, stage2=1, lr=3e-3)
+    best = torch.load(stage2 / "best.pt", weights_only=False)
+    assert best["args"]["pair_features"] == "atlop" and best["stage"] == 2
+    weights = best["model"]
+    assert not any(k.startswith("base.pair_fnn.") for k in weights)
+    assert weights["base.classifier.weight"].shape[1] == 32 * 8  # emb 32 (the tiny encoder's width) x block 8
+    assert weights["inference.reduce.0.weight"].shape == (16, 32 * 8)  # --inference_dim 16
+    predictor = predict.Predictor.from_checkpoint(str(stage2 / "best.pt"), device="cpu")  # strict state_dict
+    assert predictor.model.base.pair_form == "atlop" and predictor.model.base.feat_dim == 256
+    features, scores = predictor.scores(json.load(open(env["data"]["test"])))
+    for f, passes in zip(features, scores):  # per document, passes 0..K (K = 2) of its pairs
+        assert len(passes) == 3
+        assert all(p.shape == (len(f["hts"]), 97) and torch.isfinite(p).all() for p in passes)
+        assert not torch.equal(passes[0], passes[-1])  # the passes read the atlop features
+
+
 def test_encoder_window_travels_with_the_checkpoint(env, stage1_run, capsys):
     """--encoder_window is a base-module flag: stage 2 from its stage-1 checkpoint and predict.py encode with the
     same window; a checkpoint that does not record it (older runs) gets the encoder's own (512 here); a window
