@@ -209,7 +209,7 @@ class _Float32Logits(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             # The product summed over slices of the input features: each slice's float32 copy is small enough to
             # stay in cache, where one copy of all of x would be written to memory and read back (490 MB for
-            # --pair_features atlop's 49,152 features at 2,494 pairs: the cast took as long as the product).
+            # --pair_features atlop's 49,152 features at 2,494 pairs, docs/PERFORMANCE.md section 6).
             out = torch.nn.functional.linear(x[..., :n].float(), weight[:, :n].float(),
                                              None if bias is None else bias.float())
             for j in range(n, x.size(-1), n):
