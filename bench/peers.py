@@ -46,7 +46,6 @@ import flags  # noqa: E402
 import prepro  # noqa: E402
 from model import load_model  # noqa: E402
 from step import Runner  # noqa: E402
-from utils import Pairs  # noqa: E402
 
 ATLOP_FILES = ("long_seq", "losses", "model")  # in import order: model.py imports the other two by these names
 FETCH = ("bench/peers.py needs a checkout of ATLOP's code: git clone https://github.com/wzhouad/ATLOP <dir>, "
@@ -172,24 +171,27 @@ def build(a, atlop_class):
 def same_function(ours, atlop, batches, atlop_batches):
     """ATLOP's logits and loss against ours_atlop's (stage 1, fp32, before any step) on every batch: the largest
     absolute difference of the logits and of the losses, and the number of logits compared. Both list the pairs
-    of a document in the same order (every ordered pair of its entities, head-major). ATLOP's forward returns no
-    logits: a hook on its classifier (``bilinear``) keeps them."""
-    kept = []
-    hook = atlop.bilinear.register_forward_hook(lambda module, inputs, output: kept.append(output))
-    ours.eval(), atlop.eval()
+    of a document in the same order (every ordered pair of its entities, head-major). Neither forward returns its
+    logits with the loss: a hook on each classifier (ours ``base.classifier``, ATLOP's ``bilinear``) keeps them."""
+    kept = {"ours": [], "atlop": []}
+    hooks = [layer.register_forward_hook(lambda module, inputs, output, got=got: got.append(output))
+             for layer, got in ((ours.base.classifier, kept["ours"]), (atlop.bilinear, kept["atlop"]))]
+    ours.eval()
+    atlop.eval()
     worst_logit, worst_loss, count = 0.0, 0.0, 0
     try:
         with torch.no_grad():
             for batch, atlop_batch in zip(batches, atlop_batches):
-                _, logits = ours.base_forward(batch, Pairs.of(batch))
-                loss = ours(batch, 1)["loss"]
-                kept.clear()
-                theirs_loss = atlop(**atlop_batch)[0]
-                worst_logit = max(worst_logit, (kept[0] - logits).abs().max().item())
+                for got in kept.values():
+                    got.clear()
+                loss, theirs_loss = ours(batch, 1)["loss"], atlop(**atlop_batch)[0]
+                logits, theirs = kept["ours"][0], kept["atlop"][0]
+                worst_logit = max(worst_logit, (theirs - logits).abs().max().item())
                 worst_loss = max(worst_loss, abs(theirs_loss.item() - loss.item()))
                 count += logits.numel()
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     return {"max_abs_logit_diff": worst_logit, "max_abs_loss_diff": worst_loss, "logits": count}
 
 
