@@ -204,7 +204,6 @@ class _Float32Logits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)  # x as it came (half precision), not a float32 copy
-        ctx.has_bias = bias is not None
         n = _Float32Logits.CHUNK
         with torch.autocast(x.device.type, enabled=False):
             # The product summed over slices of the input features: each slice's float32 copy is small enough to
@@ -219,12 +218,17 @@ class _Float32Logits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad  # a frozen classifier (stage 2) needs no weight gradient
+        grad_x = grad_w = grad_b = None
         with torch.autocast(x.device.type, enabled=False):
             g = grad.to(x.dtype)  # [..., out]
-            grad_x = g @ weight.to(x.dtype)  # [..., in]
-            grad_w = g.flatten(0, -2).T @ x.flatten(0, -2)  # [out, in]
-            grad_b = grad.flatten(0, -2).sum(0) if ctx.has_bias else None
-        return grad_x, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(weight.dtype)
+            if need_x:
+                grad_x = g @ weight.to(x.dtype)  # [..., in]
+            if need_w:
+                grad_w = (g.flatten(0, -2).T @ x.flatten(0, -2)).to(weight.dtype)  # [out, in]
+            if need_b:
+                grad_b = grad.flatten(0, -2).sum(0).to(weight.dtype)
+        return grad_x, grad_w, grad_b
 
 
 class LogitLinear(torch.nn.Linear):

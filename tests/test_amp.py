@@ -100,6 +100,16 @@ def test_logit_linear_backward_runs_in_the_features_precision(dtype, monkeypatch
     assert gx.dtype == dtype and torch.equal(gx, grads["plain"][1])
     assert gw.dtype == torch.float32 and torch.equal(gw, grads["plain"][2])
     torch.testing.assert_close(gb, upstream.sum((0, 1)), rtol=1e-6, atol=1e-6)
+    frozen = {}
+    for name, layer in (("plain", plain), ("logits", logits)):  # a frozen classifier: the features' gradient only
+        layer.requires_grad_(False)
+        xh = x.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            (layer(xh).float() * upstream).sum().backward()
+        frozen[name] = xh.grad
+        layer.requires_grad_(True)
+    assert torch.equal(frozen["logits"], frozen["plain"]) and torch.equal(frozen["logits"], gx)
+    assert torch.equal(logits.weight.grad, gw)  # not accumulated into while frozen
     monkeypatch.setattr(utils._Float32Logits, "CHUNK", 16)  # 40 features: slices of 16, 16 and 8
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         sliced = logits(x.to(dtype))
